@@ -1,0 +1,1 @@
+"""iim-relay: the compute-host side of iim."""
