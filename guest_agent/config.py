@@ -1,0 +1,388 @@
+"""The agent's configuration: frozen, validated dataclasses and a YAML loader.
+
+The loader walks the node tree from ``yaml.compose`` so every problem names
+the file, the line and what to write instead, e.g.::
+
+    /etc/iim/agent.yaml:7: checks[0].min_count: must be an integer >= 1, e.g. `min_count: 1`
+
+All problems of a file are reported at once (:class:`ConfigError`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import logging
+import os
+import re
+from typing import Any, Callable, Optional
+
+import yaml
+
+from guest_agent.durations import parse_duration
+from iim_protocol.messages import (
+    MAX_CHECKS,
+    MAX_HEARTBEAT_INTERVAL,
+    MAX_NAME_BYTES,
+    MAX_TEXT_BYTES,
+    MIN_HEARTBEAT_INTERVAL,
+)
+
+LOG = logging.getLogger(__name__)
+
+DEFAULT_CONFIG_PATH = "/etc/iim/agent.yaml"
+DEFAULT_PORT = "/dev/virtio-ports/org.openstack.iim.0"
+DEFAULT_CONTROL_SOCKET = "/run/iim-agent.sock"
+DEFAULT_HEARTBEAT_INTERVAL = 1.0
+DEFAULT_RESCAN_INTERVAL = 5.0
+# A process_iter pass costs ~15 ms per 300 processes: every 0.5 s is 3 % of a core.
+MIN_RESCAN_INTERVAL = 0.5
+# Slower than that and a restarted service stays unwatched for too long.
+MAX_RESCAN_INTERVAL = 300.0
+DEFAULT_GRACE = 3.0  # covers a service manager's quick restart
+# Longer and a dead service goes unreported too long: use `iim-agent pause` for maintenance.
+MAX_GRACE = 600.0
+MAX_MIN_COUNT = 4096  # more processes than that for one check is a typo
+# Patterns and paths end up in failure reasons, which are at most MAX_TEXT_BYTES.
+MAX_TARGET_BYTES = MAX_TEXT_BYTES // 2
+MATCH_KINDS = ("process", "cmdline", "pidfile")
+
+TOP_KEYS = ("port", "heartbeat_interval", "rescan_interval", "control_socket", "checks")
+CHECK_KEYS = ("name", "process", "cmdline", "pidfile", "min_count", "grace")
+
+
+class ConfigError(ValueError):
+    """One or more problems in a configuration file, one per line of ``str()``."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = list(problems)
+
+
+# Field validators: each returns the clean value or raises ValueError with a
+# message that says what to write instead.  The dataclasses and the loader
+# share them.
+
+
+def _number_in(key: str, value: Any, lo: float, hi: float, example: str) -> float:
+    try:
+        seconds = parse_duration(value)
+    except ValueError:
+        seconds = None
+    if seconds is None or not lo <= seconds <= hi:
+        raise ValueError(
+            f"must be a duration between {lo:g} and {hi:g} seconds, e.g. `{key}: {example}`"
+        )
+    return seconds
+
+
+def _abs_path(key: str, value: Any, example: str) -> str:
+    if not isinstance(value, str) or not value.startswith("/") or "\0" in value:
+        raise ValueError(f"must be an absolute path, e.g. `{key}: {example}`")
+    return value
+
+
+def check_name(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError('must be a non-empty string, e.g. `name: "nginx"`')
+    if len(value.encode("utf-8")) > MAX_NAME_BYTES:
+        raise ValueError(f"must be at most {MAX_NAME_BYTES} bytes, e.g. `name: nginx`")
+    if not value.isprintable():
+        raise ValueError("must not contain control characters, e.g. `name: nginx`")
+    return value
+
+
+def check_target(kind: str, value: Any) -> str:
+    examples = {"process": "nginx", "cmdline": "'gunicorn .*myapp'", "pidfile": "/run/nginx.pid"}
+    hint = f"e.g. `{kind}: {examples[kind]}`"
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"must be a non-empty string, {hint}")
+    if len(value.encode("utf-8")) > MAX_TARGET_BYTES or not value.isprintable():
+        raise ValueError(f"must be at most {MAX_TARGET_BYTES} printable bytes, {hint}")
+    if kind == "process" and "/" in value:
+        raise ValueError(
+            "is the process name as `ps -o comm` shows it, without a path, "
+            f"e.g. `process: {os.path.basename(value) or 'nginx'}`"
+        )
+    if kind == "cmdline":
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(
+                f"is not a valid regular expression ({exc}); escape special characters, "
+                r"e.g. `cmdline: 'python3 -m myapp\.server'`"
+            ) from None
+    if kind == "pidfile":
+        _abs_path(kind, value, examples[kind])
+    return value
+
+
+def check_min_count(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_MIN_COUNT:
+        raise ValueError(f"must be an integer >= 1 and <= {MAX_MIN_COUNT}, e.g. `min_count: 1`")
+    return value
+
+
+def check_grace(value: Any) -> float:
+    return _number_in("grace", value, 0.0, MAX_GRACE, "3s")
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckConfig:
+    """One watched thing: a process name, a command-line regex or a pidfile.
+
+    ``process`` matches psutil's name() exactly (``ps -o comm``);
+    ``cmdline`` is a Python regular expression searched (``re.search``) in
+    the command line joined with single spaces; ``pidfile`` names a file
+    holding one pid.
+    """
+
+    name: str
+    kind: str
+    target: str
+    min_count: int = 1
+    grace: float = DEFAULT_GRACE
+
+    def __post_init__(self) -> None:
+        check_name(self.name)
+        if self.kind not in MATCH_KINDS:
+            raise ValueError(f"kind must be one of {MATCH_KINDS}")
+        check_target(self.kind, self.target)
+        check_min_count(self.min_count)
+        object.__setattr__(self, "grace", check_grace(self.grace))
+        if self.kind == "pidfile" and self.min_count != 1:
+            raise ValueError(
+                "a pidfile names one process: remove min_count or write `min_count: 1`"
+            )
+
+    @property
+    def label(self) -> str:
+        """How failure reasons name this check's target, e.g. ``process nginx``."""
+        return f"{self.kind} {self.target}"
+
+
+@dataclasses.dataclass(frozen=True)
+class AgentConfig:
+    port: str = DEFAULT_PORT
+    heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL
+    rescan_interval: float = DEFAULT_RESCAN_INTERVAL
+    control_socket: str = DEFAULT_CONTROL_SOCKET
+    checks: tuple[CheckConfig, ...] = ()
+    source: str = "<defaults>"
+
+    def __post_init__(self) -> None:
+        _abs_path("port", self.port, DEFAULT_PORT)
+        _abs_path("control_socket", self.control_socket, DEFAULT_CONTROL_SOCKET)
+        object.__setattr__(
+            self,
+            "heartbeat_interval",
+            _number_in(
+                "heartbeat_interval",
+                self.heartbeat_interval,
+                MIN_HEARTBEAT_INTERVAL,
+                MAX_HEARTBEAT_INTERVAL,
+                "1s",
+            ),
+        )
+        object.__setattr__(
+            self,
+            "rescan_interval",
+            _number_in(
+                "rescan_interval",
+                self.rescan_interval,
+                MIN_RESCAN_INTERVAL,
+                MAX_RESCAN_INTERVAL,
+                "5s",
+            ),
+        )
+        object.__setattr__(self, "checks", tuple(self.checks))
+        if len(self.checks) > MAX_CHECKS:
+            raise ValueError(f"at most {MAX_CHECKS} checks")
+        names = [c.name for c in self.checks]
+        if len(set(names)) != len(names):
+            raise ValueError("check names must be unique")
+
+    def check(self, name: str) -> Optional[CheckConfig]:
+        for c in self.checks:
+            if c.name == name:
+                return c
+        return None
+
+
+_TOP_VALIDATORS: dict[str, Callable[[Any], Any]] = {
+    "port": lambda v: _abs_path("port", v, DEFAULT_PORT),
+    "control_socket": lambda v: _abs_path("control_socket", v, DEFAULT_CONTROL_SOCKET),
+    "heartbeat_interval": lambda v: _number_in(
+        "heartbeat_interval", v, MIN_HEARTBEAT_INTERVAL, MAX_HEARTBEAT_INTERVAL, "1s"
+    ),
+    "rescan_interval": lambda v: _number_in(
+        "rescan_interval", v, MIN_RESCAN_INTERVAL, MAX_RESCAN_INTERVAL, "5s"
+    ),
+}
+
+
+def load_config(path: str) -> AgentConfig:
+    """Read and validate ``path``; raise :class:`ConfigError` listing every problem."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"{path}: cannot read the configuration: {exc}"]) from None
+    return parse_config(text, path)
+
+
+def parse_config(text: str, source: str = "<string>") -> AgentConfig:
+    """Validate YAML ``text``; ``source`` names it in messages."""
+    return _Parser(source).parse(text)
+
+
+class _Parser:
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.problems: list[str] = []
+        self._constructor = yaml.SafeLoader("")
+
+    def problem(self, node: Optional[yaml.Node], path: str, message: str) -> None:
+        line = node.start_mark.line + 1 if node is not None else 1
+        where = f"{path}: " if path else ""
+        self.problems.append(f"{self.source}:{line}: {where}{message}")
+
+    def value(self, node: yaml.Node) -> Any:
+        if not isinstance(node, yaml.ScalarNode):
+            return _NOT_SCALAR
+        return self._constructor.construct_object(node, deep=True)
+
+    def parse(self, text: str) -> AgentConfig:
+        try:
+            root = yaml.compose(text, Loader=yaml.SafeLoader)
+        except yaml.MarkedYAMLError as exc:
+            mark = exc.problem_mark or exc.context_mark
+            line = mark.line + 1 if mark else 1
+            raise ConfigError(
+                [f"{self.source}:{line}: not valid YAML: {exc.problem or exc.context}"]
+            ) from None
+        except yaml.YAMLError as exc:
+            raise ConfigError([f"{self.source}:1: not valid YAML: {exc}"]) from None
+        fields: dict[str, Any] = {}
+        if root is not None and not (isinstance(root, yaml.ScalarNode) and root.value == ""):
+            if not isinstance(root, yaml.MappingNode):
+                self.problem(
+                    root, "", f"must be a mapping of settings, e.g. `port: {DEFAULT_PORT}`"
+                )
+            else:
+                fields = self.mapping(root, "", TOP_KEYS)
+        for key, (node, raw) in list(fields.items()):
+            if key == "checks":
+                fields[key] = self.checks(node)
+                continue
+            try:
+                fields[key] = _TOP_VALIDATORS[key](raw)
+            except ValueError as exc:
+                self.problem(node, key, str(exc))
+        if self.problems:
+            raise ConfigError(self.problems)
+        return AgentConfig(source=self.source, **fields)
+
+    def mapping(
+        self, node: yaml.MappingNode, prefix: str, allowed: tuple[str, ...]
+    ) -> dict[str, tuple[yaml.Node, Any]]:
+        """Return {key: (value node, value)} of known keys; report unknown and repeated keys."""
+        out: dict[str, tuple[yaml.Node, Any]] = {}
+        for knode, vnode in node.value:
+            key = self.value(knode)
+            path = f"{prefix}{key}"
+            if not isinstance(key, str) or key not in allowed:
+                close = difflib.get_close_matches(str(key), allowed, n=1)
+                hint = f"did you mean `{close[0]}`? " if close else ""
+                self.problem(knode, path, f"unknown key; {hint}allowed keys: {', '.join(allowed)}")
+                continue
+            if key in out:
+                self.problem(knode, path, "given twice; keep one")
+                continue
+            out[key] = (vnode, self.value(vnode))
+        return out
+
+    def checks(self, node: yaml.Node) -> tuple[CheckConfig, ...]:
+        if isinstance(node, yaml.ScalarNode) and self.value(node) is None:
+            return ()
+        if not isinstance(node, yaml.SequenceNode):
+            self.problem(
+                node,
+                "checks",
+                "must be a list of checks, e.g. `checks: [{name: web, process: nginx}]`",
+            )
+            return ()
+        if len(node.value) > MAX_CHECKS:
+            self.problem(node, "checks", f"at most {MAX_CHECKS} checks; remove some")
+        out: list[CheckConfig] = []
+        seen: dict[str, int] = {}
+        for i, item in enumerate(node.value):
+            check = self.check(item, f"checks[{i}]")
+            if check is None:
+                continue
+            if check.name in seen:
+                self.problem(
+                    item,
+                    f"checks[{i}].name",
+                    f"{check.name!r} is already the name of check {seen[check.name]}; "
+                    "names must be unique",
+                )
+                continue
+            seen[check.name] = i
+            out.append(check)
+        return tuple(out)
+
+    def check(self, node: yaml.Node, path: str) -> Optional[CheckConfig]:
+        if not isinstance(node, yaml.MappingNode):
+            self.problem(node, path, "must be a mapping, e.g. `- {name: web, process: nginx}`")
+            return None
+        before = len(self.problems)
+        fields = self.mapping(node, f"{path}.", CHECK_KEYS)
+        clean: dict[str, Any] = {}
+        for key, (vnode, raw) in fields.items():
+            try:
+                if key == "name":
+                    clean[key] = check_name(raw)
+                elif key in MATCH_KINDS:
+                    clean[key] = check_target(key, raw)
+                elif key == "min_count":
+                    clean[key] = check_min_count(raw)
+                else:
+                    clean[key] = check_grace(raw)
+            except ValueError as exc:
+                self.problem(vnode, f"{path}.{key}", str(exc))
+        if "name" not in fields:
+            self.problem(node, path, "has no name; add one, e.g. `name: web`")
+        kinds = [k for k in MATCH_KINDS if k in fields]
+        if len(kinds) != 1:
+            found = " and ".join(kinds) if kinds else "none"
+            self.problem(
+                node,
+                path,
+                f"needs exactly one of process, cmdline or pidfile (found {found}), "
+                "e.g. `process: nginx`",
+            )
+        if kinds == ["pidfile"] and clean.get("min_count", 1) != 1:
+            self.problem(
+                fields["min_count"][0],
+                f"{path}.min_count",
+                "a pidfile names one process: remove it or write `min_count: 1`",
+            )
+        if len(self.problems) > before:
+            return None
+        kind = kinds[0]
+        return CheckConfig(
+            name=clean["name"],
+            kind=kind,
+            target=clean[kind],
+            min_count=clean.get("min_count", 1),
+            grace=clean.get("grace", DEFAULT_GRACE),
+        )
+
+
+class _NotScalar:
+    def __repr__(self) -> str:
+        return "<not a scalar>"
+
+
+_NOT_SCALAR = _NotScalar()
