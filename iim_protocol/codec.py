@@ -14,16 +14,20 @@ Frame layout (all integers big-endian)::
 
 ``crc32`` covers version, length and body.  After garbage, a truncated
 frame, a bad length, a bad checksum or a body that is not a valid message,
-the decoder resynchronises at the next magic and counts what it skipped.
+the decoder resynchronises at the next magic and counts what it skipped.  A
+frame whose declared length is still incomplete is given up ("truncated") as
+soon as a complete frame with a good checksum starts inside it, so a frame
+cut short does not hold back the good frames that follow it.
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
+import heapq
 import struct
 import zlib
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Tuple
 
 import msgpack
 
@@ -46,6 +50,8 @@ REJECT_BAD_VERSION = "bad_version"
 REJECT_OVERSIZE = "oversize"
 REJECT_BAD_CRC = "bad_crc"
 REJECT_BAD_BODY = "bad_body"
+REJECT_TRUNCATED = "truncated"
+REJECT_DUPLICATE_KEY = "duplicate_key"
 
 
 class EncodeError(ValueError):
@@ -87,12 +93,32 @@ class DecoderStats:
         }
 
 
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _unique_map(pairs: List[Tuple[Any, Any]]) -> Dict[Any, Any]:
+    # msgpack would keep the last of two equal keys; a map that says two things
+    # at once (e.g. a check both "ok" and "failed") is refused instead.
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        raise _DuplicateKey("map has a duplicate key")
+    return out
+
+
 class Decoder:
     """Turns a byte stream into messages.  Bytes in, messages out, no I/O."""
 
     def __init__(self) -> None:
         self._buf = bytearray()
         self.stats = DecoderStats()
+        # Look-ahead while the frame at the start of the buffer is incomplete:
+        # stream offsets of later candidate frames as a heap of (end, start),
+        # each pushed and popped once, so a hostile stream costs no more than
+        # the plain resynchronisation does.
+        self._base = 0  # stream offset of self._buf[0]
+        self._scanned = 0  # stream offset up to which later magics are in _ahead
+        self._ahead: List[Tuple[int, int]] = []
 
     @property
     def buffered(self) -> int:
@@ -117,9 +143,12 @@ class Decoder:
     def reset(self) -> None:
         """Forget a partial frame (the stream was broken, e.g. a reconnect)."""
         self._skip(len(self._buf))
+        self._ahead.clear()
+        self._scanned = self._base
 
     def _skip(self, n: int) -> None:
         del self._buf[:n]
+        self._base += n
         self.stats.bytes_skipped += n
 
     def _reject(self, reason: str) -> None:
@@ -149,6 +178,14 @@ class Decoder:
                 continue
             end = HEADER.size + length
             if len(buf) < end + TRAILER.size:
+                later = self._later_frame()
+                if later:
+                    # A complete, intact frame starts inside this one: this
+                    # one was cut short (a writer restarted mid-frame) or is
+                    # noise.  Do not hold the good frame back.
+                    self._reject(REJECT_TRUNCATED)
+                    self._skip(later)
+                    continue
                 return  # wait for the rest; this is at most MAX_FRAME bytes
             (crc,) = TRAILER.unpack_from(buf, end)
             if crc != zlib.crc32(memoryview(buf)[2:end]):
@@ -159,11 +196,49 @@ class Decoder:
                 continue
             body = bytes(buf[HEADER.size : end])
             del buf[: end + TRAILER.size]
+            self._base += end + TRAILER.size
             self._decode_body(body, out)
+
+    def _later_frame(self) -> int:
+        """Buffer offset of a complete frame with a good CRC after offset 0, or 0."""
+        buf = self._buf
+        base = self._base
+        pos = max(self._scanned - base, 1)
+        while True:
+            q = buf.find(MAGIC, pos)
+            if q < 0:
+                # The last byte may be the first half of a magic.
+                self._scanned = base + max(len(buf) - 1, 1)
+                break
+            if q + HEADER.size > len(buf):
+                self._scanned = base + q  # header incomplete: look again later
+                break
+            _, version, length = HEADER.unpack_from(buf, q)
+            if version == FRAME_VERSION and length <= MAX_BODY:
+                end = q + HEADER.size + length + TRAILER.size
+                heapq.heappush(self._ahead, (base + end, base + q))
+            pos = q + 1
+        while self._ahead and self._ahead[0][0] <= base + len(buf):
+            end, start = (n - base for n in heapq.heappop(self._ahead))
+            if start <= 0:
+                continue  # already skipped or consumed
+            (crc,) = TRAILER.unpack_from(buf, end - TRAILER.size)
+            if crc == zlib.crc32(memoryview(buf)[start + 2 : end - TRAILER.size]):
+                return start
+        return 0
 
     def _decode_body(self, body: bytes, out: List[Message]) -> None:
         try:
-            obj = msgpack.unpackb(body, raw=False, strict_map_key=True, use_list=True)
+            obj = msgpack.unpackb(
+                body,
+                raw=False,
+                strict_map_key=True,
+                use_list=True,
+                object_pairs_hook=_unique_map,
+            )
+        except _DuplicateKey:
+            self._reject(REJECT_DUPLICATE_KEY)
+            return
         except Exception:  # noqa: BLE001 - any malformed body is counted, never raised
             self._reject(REJECT_BAD_BODY)
             return

@@ -65,7 +65,10 @@ def _int(field: str, value: Any, lo: int, hi: int) -> int:
 def _float(field: str, value: Any, lo: float, hi: float) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise InvalidMessage("invalid_field", f"{field} must be a number")
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:  # an int beyond float range
+        raise InvalidMessage("invalid_field", f"{field} must be within [{lo}, {hi}]") from None
     if math.isnan(value) or not lo <= value <= hi:
         raise InvalidMessage("invalid_field", f"{field} must be within [{lo}, {hi}]")
     return value
