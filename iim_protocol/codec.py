@@ -27,7 +27,7 @@ import dataclasses
 import heapq
 import struct
 import zlib
-from typing import Any, Dict, List, Tuple
+from typing import Any
 
 import msgpack
 
@@ -76,13 +76,13 @@ class DecoderStats:
     bytes_skipped: int = 0
     frames_ok: int = 0
     unknown_fields: int = 0
-    rejected: Dict[str, int] = dataclasses.field(default_factory=collections.Counter)
+    rejected: dict[str, int] = dataclasses.field(default_factory=collections.Counter)
 
     @property
     def frames_rejected(self) -> int:
         return sum(self.rejected.values())
 
-    def as_dict(self) -> Dict[str, Any]:
+    def as_dict(self) -> dict[str, Any]:
         return {
             "bytes_received": self.bytes_received,
             "bytes_skipped": self.bytes_skipped,
@@ -97,7 +97,7 @@ class _DuplicateKey(ValueError):
     pass
 
 
-def _unique_map(pairs: List[Tuple[Any, Any]]) -> Dict[Any, Any]:
+def _unique_map(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
     # msgpack would keep the last of two equal keys; a map that says two things
     # at once (e.g. a check both "ok" and "failed") is refused instead.
     out = dict(pairs)
@@ -118,16 +118,16 @@ class Decoder:
         # the plain resynchronisation does.
         self._base = 0  # stream offset of self._buf[0]
         self._scanned = 0  # stream offset up to which later magics are in _ahead
-        self._ahead: List[Tuple[int, int]] = []
+        self._ahead: list[tuple[int, int]] = []
 
     @property
     def buffered(self) -> int:
         """Bytes held while waiting for the rest of a frame (at most MAX_FRAME - 1)."""
         return len(self._buf)
 
-    def feed(self, data: bytes) -> List[Message]:
+    def feed(self, data: bytes) -> list[Message]:
         """Consume ``data``; return every message it completed, in order."""
-        out: List[Message] = []
+        out: list[Message] = []
         view = memoryview(data)
         self.stats.bytes_received += len(view)
         pos = 0
@@ -154,7 +154,7 @@ class Decoder:
     def _reject(self, reason: str) -> None:
         self.stats.rejected[reason] += 1
 
-    def _parse(self, out: List[Message]) -> None:
+    def _parse(self, out: list[Message]) -> None:
         buf = self._buf
         while buf:
             start = buf.find(MAGIC)
@@ -227,7 +227,7 @@ class Decoder:
                 return start
         return 0
 
-    def _decode_body(self, body: bytes, out: List[Message]) -> None:
+    def _decode_body(self, body: bytes, out: list[Message]) -> None:
         try:
             obj = msgpack.unpackb(
                 body,

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, ClassVar, Dict, Mapping, Tuple, Type
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 PROTOCOL_VERSION = 1
 
@@ -43,7 +44,8 @@ class InvalidMessage(ValueError):
 
 def _text(field: str, value: Any, max_bytes: int, *, empty: bool = False) -> str:
     if not isinstance(value, str):
-        raise InvalidMessage("invalid_field", f"{field} must be a string, not {type(value).__name__}")
+        kind = type(value).__name__
+        raise InvalidMessage("invalid_field", f"{field} must be a string, not {kind}")
     if not value and not empty:
         raise InvalidMessage("invalid_field", f"{field} must not be empty")
     if len(value.encode("utf-8", "surrogatepass")) > max_bytes:
@@ -74,7 +76,7 @@ def _float(field: str, value: Any, lo: float, hi: float) -> float:
     return value
 
 
-def _check_names(field: str, value: Any) -> Tuple[str, ...]:
+def _check_names(field: str, value: Any) -> tuple[str, ...]:
     if not isinstance(value, (list, tuple)):
         raise InvalidMessage("invalid_field", f"{field} must be a list")
     if len(value) > MAX_CHECKS:
@@ -90,8 +92,8 @@ class Message:
 
     TYPE: ClassVar[str] = ""
 
-    def to_wire(self) -> Dict[str, Any]:
-        body: Dict[str, Any] = {"type": self.TYPE}
+    def to_wire(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"type": self.TYPE}
         for f in dataclasses.fields(self):  # type: ignore[arg-type]
             body[f.name] = getattr(self, f.name)
         return body
@@ -110,7 +112,7 @@ class Hello(Message):
     agent_version: str
     boot_id: str
     heartbeat_interval: float
-    checks: Tuple[str, ...] = ()
+    checks: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         _int("protocol_version", self.protocol_version, 1, 255)
@@ -128,7 +130,7 @@ class Hello(Message):
         )
         object.__setattr__(self, "checks", _check_names("checks", self.checks))
 
-    def to_wire(self) -> Dict[str, Any]:
+    def to_wire(self) -> dict[str, Any]:
         body = super().to_wire()
         body["checks"] = list(self.checks)
         return body
@@ -140,7 +142,7 @@ class Heartbeat(Message):
 
     TYPE: ClassVar[str] = "heartbeat"
     seq: int
-    checks: Tuple[Tuple[str, str], ...] = ()
+    checks: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         _int("seq", self.seq, 0, MAX_SEQ)
@@ -161,7 +163,7 @@ class Heartbeat(Message):
             raise InvalidMessage("invalid_field", "checks names a check twice")
         object.__setattr__(self, "checks", tuple(out))
 
-    def to_wire(self) -> Dict[str, Any]:
+    def to_wire(self) -> dict[str, Any]:
         return {"type": self.TYPE, "seq": self.seq, "checks": dict(self.checks)}
 
     @classmethod
@@ -238,12 +240,12 @@ class Resume(Message):
     TYPE: ClassVar[str] = "resume"
 
 
-MESSAGE_TYPES: Dict[str, Type[Message]] = {
+MESSAGE_TYPES: dict[str, type[Message]] = {
     cls.TYPE: cls for cls in (Hello, Heartbeat, Failure, Recovered, Goodbye, Pause, Resume)
 }
 
 
-def message_from_wire(obj: Any) -> Tuple[Message, int]:
+def message_from_wire(obj: Any) -> tuple[Message, int]:
     """Build a message from a decoded msgpack object.
 
     Returns the message and the number of unknown fields that were ignored (a
