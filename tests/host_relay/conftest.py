@@ -1,0 +1,43 @@
+"""Fixtures for the relay's tests: a real masakari-api (see masakari_fixture.py).
+
+- ``masakari_server`` (session): one masakari-api for the whole run, with a failover
+  segment; fails with a clear message when masakari's virtualenv is missing.
+- ``masakari`` (function): the same server, started again if a previous test stopped
+  it (tests may ``stop()``/``start()`` it to simulate an outage).
+- ``masakari_host`` (function): a compute host name registered in the segment, fresh
+  for each test, so notifications and 409 duplicates never leak between tests.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from tests.host_relay.masakari_fixture import MasakariServer, MasakariUnavailable, start_server
+
+
+@pytest.fixture(scope="session")
+def masakari_server(tmp_path_factory) -> MasakariServer:
+    try:
+        server = start_server(tmp_path_factory.mktemp("masakari"))
+    except MasakariUnavailable as exc:
+        pytest.fail(f"cannot run a real masakari-api: {exc}", pytrace=False)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def masakari(masakari_server: MasakariServer) -> MasakariServer:
+    masakari_server.start()
+    yield masakari_server
+    masakari_server.start()  # leave it running for the next test
+
+
+@pytest.fixture
+def masakari_host(masakari: MasakariServer) -> str:
+    name = f"compute-{uuid.uuid4().hex[:8]}"
+    masakari.create_host(name)
+    return name
