@@ -1,0 +1,348 @@
+"""The channel to the host, handled the way qemu-guest-agent handles its own.
+
+The port is opened ``O_RDWR | O_NONBLOCK | O_NOCTTY`` and never blocks the
+loop.  It may not exist yet (hot-plug, late udev) or vanish (unplug,
+migration): the agent waits and reopens with backoff, never exits.  With no
+host process on the other end a virtio-serial port reports ``POLLHUP``, writes
+get ``EAGAIN`` and nothing is buffered for later, so frames are dropped
+(counted) and ``on_connect`` fires when the host is back, letting the agent
+send its whole state again.  A tty (``/dev/ttyS1``) is configured raw 8N1
+with pyserial and then used the same way through its fd.
+
+Each condition is logged once when it starts, not on every retry.
+"""
+
+from __future__ import annotations
+
+import collections
+import errno
+import logging
+import os
+import select
+from typing import Callable, Optional
+
+import serial
+
+from guest_agent.reactor import POLLERR, POLLHUP, POLLIN, POLLNVAL, POLLOUT, Reactor
+from iim_protocol.codec import Decoder, encode
+from iim_protocol.messages import Message
+
+LOG = logging.getLogger(__name__)
+
+REOPEN_MIN = 0.1  # first retry after the port was missing or broke
+REOPEN_MAX = 5.0  # backoff cap: a port that comes back is in use within 5 s
+# With no host, a virtio port stays POLLHUP: poll it this often instead of
+# spinning on it, so a returning host is noticed within a quarter second.
+HOST_PROBE_INTERVAL = 0.25
+# About a minute of heartbeats: anything older is superseded by newer state.
+MAX_QUEUE_BYTES = 64 * 1024
+READ_CHUNK = 4096
+MAX_READ_PER_WAKE = 64 * 1024  # a flooding host cannot starve the loop
+SERIAL_BAUDRATE = 115200
+# errnos that mean this open file is dead: close it and open the path again.
+REOPEN_ERRNOS = (errno.ENODEV, errno.ENXIO, errno.EIO, errno.EPIPE, errno.EBADF)
+
+CLOSED = "closed"
+_READ, _EOF, _CLOSED_NOW = "read", "eof", "closed_now"  # results of Port._drain
+NO_HOST = "no_host"
+CONNECTED = "connected"
+
+
+class Port:
+    """A non-blocking, self-healing writer of frames (and reader of host bytes)."""
+
+    def __init__(
+        self,
+        path: str,
+        reactor: Reactor,
+        clock: Callable[[], float],
+        on_connect: Callable[[], None],
+    ) -> None:
+        self.path = path
+        self._reactor = reactor
+        self._clock = clock
+        self._on_connect = on_connect
+        self.state = CLOSED
+        self.is_tty = False
+        self._fd: Optional[int] = None
+        self._serial: Optional[serial.Serial] = None
+        self._queue: collections.deque[bytearray] = collections.deque()
+        self._queued = 0
+        self._backoff = REOPEN_MIN
+        self._retry_at: Optional[float] = clock()
+        self._condition = ""  # the last condition logged, so each is logged once
+        self.decoder = Decoder()
+        self.frames_sent = 0
+        self.frames_dropped = 0
+        self.bytes_sent = 0
+        self.messages_received = 0
+        self.opens = 0
+        self.host_connects = 0
+        self.last_error = ""
+
+    # -- public ----------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        return self.state == CONNECTED
+
+    @property
+    def queued_bytes(self) -> int:
+        return self._queued
+
+    def send(self, message: Message) -> bool:
+        """Queue one frame and write what the port takes now; False if it was dropped."""
+        if self.state != CONNECTED:
+            self.frames_dropped += 1
+            return False
+        frame = bytearray(encode(message))
+        # Drop the oldest whole frames (never the partly written head) to make room.
+        while self._queued + len(frame) > MAX_QUEUE_BYTES and len(self._queue) > 1:
+            old = self._queue[1]
+            del self._queue[1]
+            self._queued -= len(old)
+            self.frames_dropped += 1
+        if self._queued + len(frame) > MAX_QUEUE_BYTES:
+            self.frames_dropped += 1
+            return False
+        self._queue.append(frame)
+        self._queued += len(frame)
+        self._flush()
+        return True
+
+    def next_deadline(self) -> Optional[float]:
+        return self._retry_at
+
+    def on_timer(self, now: float) -> None:
+        if self._retry_at is None or now < self._retry_at:
+            return
+        self._retry_at = None
+        if self.state == CLOSED:
+            self._open()
+        elif self.state == NO_HOST:
+            self._probe()
+
+    def flush(self, timeout: float) -> bool:
+        """Write the queue out, waiting at most ``timeout`` (used once, before exit)."""
+        deadline = self._clock() + timeout
+        while self._queue and self.state == CONNECTED and self._fd is not None:
+            left = deadline - self._clock()
+            if left <= 0:
+                break
+            p = select.poll()
+            p.register(self._fd, POLLOUT)
+            if p.poll(int(left * 1000) + 1):
+                self._flush()
+        return not self._queue
+
+    def close(self) -> None:
+        self._close()
+        self._retry_at = None
+
+    def info(self) -> dict:
+        return {
+            "path": self.path,
+            "kind": "tty" if self.is_tty else "virtio-serial",
+            "state": self.state,
+            "open": self._fd is not None,
+            "host_connected": self.connected,
+            "frames_sent": self.frames_sent,
+            "frames_dropped": self.frames_dropped,
+            "bytes_sent": self.bytes_sent,
+            "queued_bytes": self._queued,
+            "opens": self.opens,
+            "host_connects": self.host_connects,
+            "last_error": self.last_error,
+            "received": dict(self.decoder.stats.as_dict(), messages=self.messages_received),
+        }
+
+    # -- opening ---------------------------------------------------------------
+
+    def _note(self, condition: str, message: str, *args: object) -> None:
+        """Log ``message`` unless ``condition`` is what was logged last."""
+        if condition != self._condition:
+            self._condition = condition
+            LOG.warning(message, *args)
+
+    def _open(self) -> None:
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_NONBLOCK | os.O_NOCTTY)
+        except OSError as exc:
+            self._open_failed(exc)
+            return
+        self.is_tty = os.isatty(fd) or os.path.basename(self.path).startswith("tty")
+        if self.is_tty:
+            os.close(fd)
+            try:
+                self._serial = serial.Serial(
+                    self.path,
+                    baudrate=SERIAL_BAUDRATE,
+                    bytesize=serial.EIGHTBITS,
+                    parity=serial.PARITY_NONE,
+                    stopbits=serial.STOPBITS_ONE,
+                    xonxoff=False,
+                    rtscts=False,
+                    timeout=0,
+                    exclusive=True,
+                )
+            except (serial.SerialException, OSError, ValueError) as exc:
+                self._serial = None
+                self._open_failed(exc)
+                return
+            fd = self._serial.fileno()
+            os.set_blocking(fd, False)
+        self._fd = fd
+        self.opens += 1
+        self._backoff = REOPEN_MIN
+        if self._condition:
+            LOG.warning("port %s is open (%s)", self.path, "tty" if self.is_tty else "virtio")
+        else:
+            LOG.info("port %s is open (%s)", self.path, "tty" if self.is_tty else "virtio")
+        self._condition = ""
+        self.state = NO_HOST
+        self._probe()
+
+    def _open_failed(self, exc: BaseException) -> None:
+        code = getattr(exc, "errno", None)
+        self.last_error = str(exc)
+        if code == errno.ENOENT:
+            self._note("ENOENT", "port %s does not exist yet: waiting for it", self.path)
+        elif code == errno.EBUSY:
+            self._note("EBUSY", "port %s is busy (another agent?): retrying", self.path)
+        else:
+            self._note(f"open:{code}", "cannot open port %s: %s; retrying", self.path, exc)
+        self._retry_later()
+
+    def _retry_later(self) -> None:
+        self._retry_at = self._clock() + self._backoff
+        self._backoff = min(self._backoff * 2, REOPEN_MAX)
+
+    def _close(self) -> None:
+        if self._fd is not None:
+            self._reactor.remove(self._fd)
+            if self._serial is not None:
+                try:
+                    self._serial.close()
+                except (OSError, serial.SerialException):
+                    pass
+            else:
+                os.close(self._fd)
+        self._fd = None
+        self._serial = None
+        self._drop_queue()
+        self.decoder.reset()
+        self.state = CLOSED
+
+    def _reopen(self, why: str) -> None:
+        self.last_error = why
+        self._note(f"reopen:{why}", "port %s broke (%s): reopening", self.path, why)
+        self._close()
+        self._retry_later()
+
+    def _drop_queue(self) -> None:
+        self.frames_dropped += len(self._queue)
+        self._queue.clear()
+        self._queued = 0
+
+    # -- host presence -------------------------------------------------------
+
+    def _probe(self) -> None:
+        """Look (without waiting) whether a host is on the other end."""
+        assert self._fd is not None
+        p = select.poll()
+        p.register(self._fd, POLLIN | POLLOUT)
+        revents = p.poll(0)
+        ev = revents[0][1] if revents else 0
+        if ev & (POLLERR | POLLNVAL):
+            self._reopen("error on poll")
+            return
+        if ev & POLLHUP:
+            if self.is_tty:
+                self._reopen("hangup")
+                return
+            if ev & POLLIN and self._drain() == _CLOSED_NOW:
+                return
+            self._note("nohost", "no host is listening on port %s: dropping frames", self.path)
+            self._retry_at = self._clock() + HOST_PROBE_INTERVAL
+            return
+        self.state = CONNECTED
+        self.host_connects += 1
+        if self._condition == "nohost":
+            LOG.warning("host is back on port %s", self.path)
+        self._condition = ""
+        self._reactor.add(self._fd, POLLIN, self._on_event)
+        self._on_connect()
+
+    def _host_gone(self, why: str) -> None:
+        if self.is_tty:
+            self._reopen(why)
+            return
+        if self._fd is not None:
+            self._reactor.remove(self._fd)
+        self._drop_queue()
+        self.decoder.reset()
+        self.state = NO_HOST
+        self._note("nohost", "host left port %s (%s): dropping frames", self.path, why)
+        self._retry_at = self._clock() + HOST_PROBE_INTERVAL
+
+    # -- I/O -------------------------------------------------------------------
+
+    def _on_event(self, fd: int, revents: int) -> None:
+        if revents & (POLLERR | POLLNVAL):
+            self._reopen("error on poll")
+            return
+        if revents & POLLIN:
+            result = self._drain()
+            if result == _CLOSED_NOW:
+                return
+            if result == _EOF:
+                self._host_gone("end of file")
+                return
+        if revents & POLLHUP:
+            self._host_gone("hangup")
+            return
+        if revents & POLLOUT:
+            self._flush()
+
+    def _drain(self) -> str:
+        """Read what the host sent: _READ, _EOF, or _CLOSED_NOW if the port broke."""
+        total = 0
+        while total < MAX_READ_PER_WAKE and self._fd is not None:
+            try:
+                data = os.read(self._fd, READ_CHUNK)
+            except BlockingIOError:
+                return _READ
+            except OSError as exc:
+                if exc.errno in REOPEN_ERRNOS:
+                    self._reopen(os.strerror(exc.errno or 0))
+                    return _CLOSED_NOW
+                raise
+            if not data:
+                return _EOF
+            total += len(data)
+            for message in self.decoder.feed(data):
+                self.messages_received += 1
+                LOG.debug("host sent %s", message.TYPE)
+        return _READ
+
+    def _flush(self) -> None:
+        while self._queue and self._fd is not None:
+            head = self._queue[0]
+            try:
+                n = os.write(self._fd, head)
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                if exc.errno in REOPEN_ERRNOS:
+                    self._reopen(os.strerror(exc.errno or 0))
+                    return
+                raise
+            self.bytes_sent += n
+            self._queued -= n
+            if n < len(head):
+                del head[:n]
+                break
+            self._queue.popleft()
+            self.frames_sent += 1
+        if self._fd is not None and self.state == CONNECTED:
+            self._reactor.modify(self._fd, POLLIN | (POLLOUT if self._queue else 0))
