@@ -1,0 +1,113 @@
+"""Helpers for the running-relay tests: short socket dirs, a QEMU stand-in, a fake sender.
+
+AF_UNIX paths are limited to 107 bytes and pytest's tmp_path plus
+``<uuid>.sock`` is longer than that, so socket directories live in a short
+temporary directory under /tmp (removed after the test); everything else
+(outbox, config files) stays in tmp_path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import socket
+import tempfile
+import time
+
+from iim_protocol.codec import encode
+
+
+def short_dir():
+    """Generator for a ``sock_dir`` fixture: a short directory under /tmp."""
+    path = tempfile.mkdtemp(prefix="iim-", dir="/tmp")
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def listen(path: str) -> socket.socket:
+    """A listening UNIX socket at ``path``, as QEMU's chardev server is."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.bind(path)
+    s.listen(1)
+    return s
+
+
+class FakeGuest:
+    """Plays QEMU for one instance: listens on ``<dir>/<uuid>.sock`` and writes frames."""
+
+    def __init__(self, sock_dir: str, uuid: str) -> None:
+        self.path = os.path.join(sock_dir, f"{uuid}.sock")
+        self.server: asyncio.AbstractServer | None = None
+        self.writer: asyncio.StreamWriter | None = None
+        self.connected = asyncio.Event()
+        self.connections = 0
+
+    async def start(self) -> FakeGuest:
+        self.server = await asyncio.start_unix_server(self._on_client, path=self.path)
+        return self
+
+    async def _on_client(self, reader, writer) -> None:
+        self.connections += 1
+        self.writer = writer
+        self.connected.set()
+        try:
+            await reader.read()  # the relay never writes; wait for it to go away
+        except ConnectionError:
+            pass
+
+    async def wait_connected(self, timeout: float = 3.0) -> None:
+        await asyncio.wait_for(self.connected.wait(), timeout)
+
+    async def send(self, *messages) -> None:
+        assert self.writer is not None
+        self.writer.write(b"".join(encode(m) for m in messages))
+        await self.writer.drain()
+
+    async def send_raw(self, data: bytes) -> None:
+        assert self.writer is not None
+        self.writer.write(data)
+        await self.writer.drain()
+
+    async def drop(self) -> None:
+        """Close the current connection (the guest side hangs up)."""
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+        self.connected.clear()
+
+    async def stop(self, unlink: bool = True) -> None:
+        await self.drop()
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+        if unlink and os.path.exists(self.path):
+            os.unlink(self.path)
+
+
+class FakeSender:
+    """Stands in for host_relay.sender.Sender where Masakari is not the point."""
+
+    def __init__(self) -> None:
+        self.wakes = 0
+        self.counters = {"sent": 0}
+        self.stopped_at: float | None = None
+
+    def wake(self) -> None:
+        self.wakes += 1
+
+    async def run(self, stop_event: asyncio.Event) -> None:
+        await stop_event.wait()
+        self.stopped_at = time.monotonic()
+
+
+async def wait_until(predicate, timeout: float, step: float = 0.01) -> float:
+    """Wait for ``predicate()`` (a test-side check); returns the seconds it took."""
+    start = time.monotonic()
+    while not predicate():
+        if time.monotonic() - start > timeout:
+            raise AssertionError(f"condition not met within {timeout}s")
+        await asyncio.sleep(step)
+    return time.monotonic() - start
