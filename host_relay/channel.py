@@ -1,0 +1,385 @@
+"""One guest channel: read bytes, decode frames, feed the detector, act on its outputs.
+
+A :class:`ChannelConnection` owns the connection to one instance's UNIX socket
+(``<socket_dir>/<uuid>.sock``, where QEMU listens).  It knows the instance only
+by that file name; nothing the guest sends can change whom a notification is
+about.  The detector is sans-I/O: this class hands it events, carries out what
+it returns (Notify -> durable outbox entry, then wake the sender; Log -> the
+log; Metric -> counters) and arms one loop timer for its next deadline.
+
+Each channel reads under a token bucket on bytes/s and frames/s.  Over budget
+it stops reading: the kernel buffer fills up and QEMU holds back that guest
+only, while every other channel keeps its share of the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import random
+import time
+from collections.abc import Iterable
+from typing import Any, Callable, Optional
+
+from host_relay.detector import Log, Metric, Notify
+from host_relay.settings import ChannelSettings
+from iim_protocol.codec import Decoder
+from iim_protocol.messages import Heartbeat
+
+LOG = logging.getLogger(__name__)
+
+STATE_IDLE = "idle"
+STATE_CONNECTING = "connecting"
+STATE_CONNECTED = "connected"
+STATE_BACKOFF = "backoff"
+STATE_CLOSED = "closed"
+
+# A connection that lasted this long (or carried a valid frame) resets backoff.
+_STABLE_SECONDS = 10.0
+# Throttling is logged at most this often per channel.
+_THROTTLE_LOG_EVERY = 60.0
+# Retry delay after the detector itself raised in tick().
+_TICK_RETRY = 1.0
+
+
+class TokenBucket:
+    """``rate`` tokens per second, at most ``rate`` banked; may go into debt."""
+
+    def __init__(self, rate: float, now: float) -> None:
+        self.rate = float(rate)
+        self.tokens = self.rate
+        self._stamp = now
+
+    @property
+    def unlimited(self) -> bool:
+        return self.rate <= 0
+
+    def available(self, now: float) -> float:
+        if self.unlimited:
+            return float("inf")
+        self.tokens = min(self.rate, self.tokens + (now - self._stamp) * self.rate)
+        self._stamp = now
+        return self.tokens
+
+    def take(self, n: float, now: float) -> None:
+        if not self.unlimited:
+            self.available(now)
+            self.tokens -= n
+
+    def delay(self, now: float) -> float:
+        """Seconds until at least one token is banked again (0 if there is one)."""
+        tokens = self.available(now)
+        return 0.0 if tokens >= 1 else (1 - tokens) / self.rate
+
+
+class _LazyMessage:
+    """A detector's ``message % args``, formatted only if the record is emitted."""
+
+    def __init__(self, message: str, args: tuple) -> None:
+        self.message = message
+        self.args = args
+
+    def __str__(self) -> str:
+        try:
+            return self.message % self.args if self.args else self.message
+        except (TypeError, ValueError):
+            return f"{self.message} {self.args!r}"
+
+
+class ChannelConnection:
+    """The relay's side of one instance's channel."""
+
+    def __init__(
+        self,
+        instance_uuid: str,
+        path: str,
+        settings: ChannelSettings,
+        detector: Any,
+        outbox: Any,
+        sender: Any,
+        hostname: str,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        self.instance_uuid = instance_uuid
+        self.path = path
+        self.detector = detector
+        self._settings = settings
+        self._outbox = outbox
+        self._sender = sender
+        self._hostname = hostname
+        self._clock = clock
+        self._wall_clock = wall_clock
+        self._rng = rng
+        self.decoder = Decoder()
+        self.counters: dict[str, int] = collections.Counter()
+        self.metrics: dict[str, Any] = {}
+        self.throttled_seconds = 0.0
+        now = clock()
+        self._bytes = TokenBucket(settings.max_bytes_per_second, now)
+        self._frames = TokenBucket(settings.max_frames_per_second, now)
+        self.state = STATE_IDLE
+        self.state_since = now
+        self.next_retry_at: Optional[float] = None
+        self.last_error: Optional[str] = None
+        self.last_message_at: Optional[float] = None
+        self.last_heartbeat_at: Optional[float] = None
+        self._closing = False
+        self._connected = False
+        self._timer: Optional[asyncio.TimerHandle] = None
+        self._timer_deadline: Optional[float] = None
+        self._last_throttle_log = float("-inf")
+
+    # -- life cycle ---------------------------------------------------------
+
+    async def run(self) -> None:
+        """Connect, read, reconnect with backoff; returns only when cancelled."""
+        s = self._settings
+        backoff = s.reconnect_initial
+        self._schedule()
+        try:
+            while True:
+                started = self._clock()
+                try:
+                    healthy = await self._session()
+                except Exception as exc:  # noqa: BLE001 - one channel never takes the relay down
+                    LOG.exception("Channel of instance %s failed; it restarts with backoff",
+                                  self.instance_uuid)
+                    self.counters["errors"] += 1
+                    self.last_error = f"{type(exc).__name__}: {exc}"
+                    healthy = False
+                if healthy or self._clock() - started >= _STABLE_SECONDS:
+                    backoff = s.reconnect_initial
+                delay = backoff * (1 + 0.2 * (2 * self._rng() - 1))
+                backoff = min(backoff * 2, s.reconnect_max)
+                self._set_state(STATE_BACKOFF)
+                self.next_retry_at = self._clock() + delay
+                await asyncio.sleep(delay)
+                self.next_retry_at = None
+        finally:
+            self._set_state(STATE_CLOSED)
+            self._cancel_timer()
+
+    def close(self) -> None:
+        """Stop acting on this channel's events (call before cancelling run())."""
+        self._closing = True
+        self._cancel_timer()
+
+    async def _session(self) -> bool:
+        """One connection; returns True if it carried a valid frame."""
+        self._set_state(STATE_CONNECTING)
+        try:
+            reader, writer = await asyncio.open_unix_connection(
+                self.path, limit=max(self._settings.read_chunk, 1024)
+            )
+        except OSError as exc:
+            self.counters["connect_failures"] += 1
+            self.last_error = f"connect: {exc.strerror or exc}"
+            LOG.debug("Channel of instance %s: cannot connect to %s: %s",
+                      self.instance_uuid, self.path, exc)
+            return False
+        self.counters["connects"] += 1
+        self._set_state(STATE_CONNECTED)
+        self._connected = True
+        ok_before = self.decoder.stats.frames_ok
+        LOG.info("Channel of instance %s connected", self.instance_uuid)
+        try:
+            self._carry_out(self.detector.channel_connected(self._clock()))
+            await self._read_loop(reader)
+            LOG.info("Channel of instance %s closed by the other end", self.instance_uuid)
+        finally:
+            writer.close()
+            self._connected = False
+            self.counters["disconnects"] += 1
+            self.decoder.reset()  # a partial frame cannot continue on a new connection
+            if not self._closing:
+                self._safe_detector_call("channel_closed")
+        return self.decoder.stats.frames_ok > ok_before
+
+    # -- reading ------------------------------------------------------------
+
+    async def _read_loop(self, reader: asyncio.StreamReader) -> None:
+        chunk = self._settings.read_chunk
+        stats = self.decoder.stats
+        while True:
+            now = self._clock()
+            wait = max(self._bytes.delay(now), self._frames.delay(now))
+            if wait > 0:
+                self._throttled(now, wait)
+                await asyncio.sleep(wait)
+                continue
+            want = int(min(chunk, self._bytes.available(now)))
+            data = await reader.read(want)
+            if not data:
+                return
+            now = self._clock()
+            self._bytes.take(len(data), now)
+            seen = stats.frames_ok + stats.frames_rejected
+            messages = self.decoder.feed(data)
+            self._frames.take(stats.frames_ok + stats.frames_rejected - seen, now)
+            for msg in messages:
+                self.last_message_at = now
+                if isinstance(msg, Heartbeat):
+                    self.last_heartbeat_at = now
+                self._carry_out(self.detector.message(msg, now))
+
+    def _throttled(self, now: float, wait: float) -> None:
+        which = "bytes" if self._bytes.delay(now) > 0 else "frames"
+        self.counters[f"throttled_{which}"] += 1
+        self.throttled_seconds += wait
+        if now - self._last_throttle_log >= _THROTTLE_LOG_EVERY:
+            self._last_throttle_log = now
+            LOG.warning(
+                "Channel of instance %s is over its %s budget; reading paused "
+                "(throttled %d times so far)",
+                self.instance_uuid, which,
+                self.counters["throttled_bytes"] + self.counters["throttled_frames"],
+            )
+
+    # -- detector outputs and timer -----------------------------------------
+
+    def domain_state(self, state: str) -> None:
+        """Pass the domain's state (from libvirt) to the detector."""
+        if not self._closing:
+            self._carry_out(self.detector.domain_state(state, self._clock()))
+
+    def _safe_detector_call(self, method: str) -> None:
+        try:
+            self._carry_out(getattr(self.detector, method)(self._clock()))
+        except Exception:  # noqa: BLE001 - logged; the channel goes on
+            LOG.exception("Detector of instance %s failed in %s", self.instance_uuid, method)
+
+    def _carry_out(self, outputs: Iterable[Any]) -> None:
+        try:
+            for out in outputs or ():
+                if isinstance(out, Notify):
+                    self._notify(out)
+                elif isinstance(out, Log):
+                    self._log(out)
+                elif isinstance(out, Metric):
+                    self._metric(out)
+                else:
+                    LOG.warning("Instance %s: unknown detector output %r", self.instance_uuid, out)
+        finally:
+            self._schedule()
+
+    def _notify(self, out: Notify) -> None:
+        if self._closing:
+            LOG.warning("Instance %s: %s notification while closing is not queued (%s)",
+                        self.instance_uuid, out.kind, out.reason)
+            return
+        if out.instance_uuid != self.instance_uuid:
+            LOG.error("Detector of %s named instance %s; using the channel's identity",
+                      self.instance_uuid, out.instance_uuid)
+        entry = self._outbox.put(
+            self.instance_uuid, self._hostname, out.kind, out.reason, self._wall_clock()
+        )
+        self.counters["notifications"] += 1
+        LOG.warning("Instance %s: queued %s notification (%s) as outbox entry %s",
+                    self.instance_uuid, out.kind, out.reason, getattr(entry, "id", entry))
+        self._sender.wake()
+
+    def _log(self, out: Log) -> None:
+        level = out.level
+        if isinstance(level, str):
+            level = logging.getLevelName(level.upper())
+            if not isinstance(level, int):
+                level = logging.INFO
+        args = tuple(out.args or ())
+        extra = {"instance_uuid": self.instance_uuid}
+        if self.instance_uuid in args:  # the detector names the instance itself
+            LOG.log(level, out.message, *args, extra=extra)
+        else:
+            LOG.log(level, "Instance %s: %s", self.instance_uuid,
+                    _LazyMessage(out.message, args), extra=extra)
+
+    def _metric(self, out: Metric) -> None:
+        """Detector metrics are counters: ``value`` is an increment."""
+        labels = out.labels or ()
+        key = out.name
+        if labels:
+            pairs = labels.items() if isinstance(labels, dict) else labels
+            key += "{" + ",".join(f"{k}={v}" for k, v in sorted(pairs)) + "}"
+        self.metrics[key] = self.metrics.get(key, 0) + out.value
+
+    def _schedule(self) -> None:
+        if self._closing:
+            self._cancel_timer()
+            return
+        deadline = self.detector.next_deadline()
+        if deadline == self._timer_deadline and self._timer is not None:
+            return
+        self._cancel_timer()
+        if deadline is None:
+            return
+        loop = asyncio.get_running_loop()
+        delay = max(0.0, deadline - self._clock())
+        self._timer_deadline = deadline
+        self._timer = loop.call_at(loop.time() + delay, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_deadline = None
+        if self._closing:
+            return
+        try:
+            self._carry_out(self.detector.tick(self._clock()))
+        except Exception:  # noqa: BLE001 - logged and retried; other channels go on
+            LOG.exception("Detector of instance %s failed in tick; retrying in %.1fs",
+                          self.instance_uuid, _TICK_RETRY)
+            self._cancel_timer()
+            self._timer = asyncio.get_running_loop().call_later(_TICK_RETRY, self._on_timer)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = None
+        self._timer_deadline = None
+
+    def _set_state(self, state: str) -> None:
+        if state != self.state:
+            self.state = state
+            self.state_since = self._clock()
+
+    # -- status -------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        now = self._clock()
+
+        def age(t: Optional[float]) -> Optional[float]:
+            return None if t is None else round(now - t, 3)
+
+        try:
+            detector = self.detector.snapshot(now)
+        except Exception as exc:  # noqa: BLE001 - status must always answer
+            detector = {"error": f"{type(exc).__name__}: {exc}"}
+        return {
+            "channel": {
+                "state": self.state,
+                "state_age": age(self.state_since),
+                "next_retry_in": (
+                    None if self.next_retry_at is None
+                    else round(max(0.0, self.next_retry_at - now), 3)
+                ),
+                "path": self.path,
+                "last_error": self.last_error,
+                "connects": self.counters["connects"],
+                "disconnects": self.counters["disconnects"],
+                "connect_failures": self.counters["connect_failures"],
+                "errors": self.counters["errors"],
+            },
+            "last_heartbeat_age": age(self.last_heartbeat_at),
+            "last_message_age": age(self.last_message_at),
+            "detector": detector,
+            "decoder": self.decoder.stats.as_dict(),
+            "throttle": {
+                "bytes": self.counters["throttled_bytes"],
+                "frames": self.counters["throttled_frames"],
+                "seconds": round(self.throttled_seconds, 3),
+            },
+            "notifications_queued": self.counters["notifications"],
+            "metrics": dict(self.metrics),
+        }
