@@ -56,9 +56,7 @@ LARGEST_HELLO = Hello(
     heartbeat_interval=MAX_HEARTBEAT_INTERVAL,
     checks=tuple(max_check_names()),
 )
-LARGEST_HEARTBEAT = Heartbeat(
-    seq=MAX_SEQ, checks=tuple((n, "starting") for n in max_check_names())
-)
+LARGEST_HEARTBEAT = Heartbeat(seq=MAX_SEQ, checks=tuple((n, "starting") for n in max_check_names()))
 
 SAMPLES: list[tuple[str, Message]] = [
     ("hello-minimal", Hello(1, "1", "b", MIN_HEARTBEAT_INTERVAL)),

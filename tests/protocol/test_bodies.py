@@ -70,9 +70,7 @@ def test_not_msgpack(body: bytes) -> None:
     _assert_rejected(frame_body(body), "bad_body")
 
 
-@pytest.mark.parametrize(
-    "obj", [None, 1, "hello", ["hello"], [HELLO], b"\x00", 1.5], ids=repr
-)
+@pytest.mark.parametrize("obj", [None, 1, "hello", ["hello"], [HELLO], b"\x00", 1.5], ids=repr)
 def test_body_not_a_map(obj: Any) -> None:
     _assert_rejected(frame_obj(obj), "not_a_map")
 

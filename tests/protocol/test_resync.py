@@ -53,11 +53,14 @@ def test_garbage_without_magic_before_between_and_after() -> None:
         # A complete fake frame whose CRC is wrong.
         (MAGIC + b"\x01\x00\x02ab\x00\x00\x00\x00", {"bad_crc": 1}),
         # Several of them.
-        (MAGIC + b"2" + MAGIC + b"\x01\x10\x01" + MAGIC + b"\x01\x00\x00abcd", {
-            "bad_version": 1,
-            "oversize": 1,
-            "bad_crc": 1,
-        }),
+        (
+            MAGIC + b"2" + MAGIC + b"\x01\x10\x01" + MAGIC + b"\x01\x00\x00abcd",
+            {
+                "bad_version": 1,
+                "oversize": 1,
+                "bad_crc": 1,
+            },
+        ),
         # Half a magic right before a real magic.
         (b"\xc1", {}),
         (b"\xc1\xc1", {}),
