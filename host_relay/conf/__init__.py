@@ -1,0 +1,47 @@
+"""iim-relay's oslo.config options, one module per group (as masakari-monitors lays them out).
+
+Importing this package registers every group on the global ``CONF``.  Code
+that needs an independent ConfigOpts (tests, tools) uses :func:`new_conf`.
+Only the entry points read options; everything else takes the plain values
+of :func:`settings_from` and :func:`detector_config_from`.
+"""
+
+from oslo_config import cfg
+
+from host_relay.conf import channels, default, detector, masakari
+from host_relay.conf.loader import (
+    ConfigError,
+    check,
+    config_warnings,
+    detector_config_from,
+    load,
+    new_conf,
+    register_all,
+    settings_from,
+    setup_logging,
+)
+
+CONF = cfg.CONF
+
+
+def register_opts(conf: cfg.ConfigOpts) -> None:
+    """Register every iim-relay group (not oslo.log's options: see register_all)."""
+    for module in (default, channels, detector, masakari):
+        module.register_opts(conf)
+
+
+register_opts(CONF)
+
+__all__ = [
+    "CONF",
+    "ConfigError",
+    "check",
+    "config_warnings",
+    "detector_config_from",
+    "load",
+    "new_conf",
+    "register_all",
+    "register_opts",
+    "settings_from",
+    "setup_logging",
+]

@@ -1,0 +1,96 @@
+"""[channels] options: how the relay reads each instance's guest channel."""
+
+from __future__ import annotations
+
+from oslo_config import cfg
+
+channels_group = cfg.OptGroup(
+    "channels",
+    title="Guest channel options",
+    help="""
+How the relay finds and reads each instance's channel: the UNIX socket QEMU
+listens on for the instance's ``org.openstack.iim.0`` virtio-serial port.
+""",
+)
+
+channels_opts = [
+    cfg.StrOpt(
+        "socket_dir",
+        default="/var/lib/iim/channels",
+        help="""
+Directory holding one ``<instance-uuid>.sock`` per monitored instance: the
+UNIX socket QEMU creates for the instance's iim channel.  QEMU (the libvirt
+QEMU user) must be able to create sockets here and the relay must be able to
+connect to them; a stale socket owned by another user makes attaching the
+channel fail.
+""",
+    ),
+    cfg.FloatOpt(
+        "reconnect_initial",
+        default=0.5,
+        min=0.05,
+        max=60.0,
+        help="""
+Seconds before the first reconnect attempt after a channel socket refuses a
+connection or closes; each further failure doubles the delay up to
+``reconnect_max``.  Smaller values notice a restarted guest sooner at the cost
+of more connect attempts against a socket that is not there yet.
+""",
+    ),
+    cfg.FloatOpt(
+        "reconnect_max",
+        default=30.0,
+        min=1.0,
+        max=600.0,
+        help="""
+Upper bound, in seconds, on the reconnect delay for one channel.  Lower values
+pick up a guest that comes back after a long absence sooner; higher values cost
+less on a host with many stopped instances.  Must be at least
+``reconnect_initial``.
+""",
+    ),
+    cfg.IntOpt(
+        "read_chunk",
+        default=4096,
+        min=512,
+        max=65536,
+        help="""
+Bytes requested from a channel socket per read.  Frames are small, so the
+default holds many; larger values save system calls on busy channels and cost
+memory per channel.
+""",
+    ),
+    cfg.IntOpt(
+        "max_bytes_per_second",
+        default=65536,
+        min=1024,
+        max=16 * 1024 * 1024,
+        help="""
+Per-channel byte budget per second.  Bytes beyond it are dropped unread and
+counted, so a misbehaving or hostile guest cannot make the relay spend its CPU
+and memory on one channel.  An honest agent sends a few hundred bytes per
+heartbeat; too low a value starves heartbeats and causes false alarms.
+""",
+    ),
+    cfg.IntOpt(
+        "max_frames_per_second",
+        default=200,
+        min=10,
+        max=10000,
+        help="""
+Per-channel frame budget per second.  Frames beyond it are counted and ignored.
+An honest agent sends one heartbeat per interval (at most 10 per second) plus
+the occasional event; too low a value drops heartbeats and causes false
+alarms, too high a value lets one guest keep the relay busy.
+""",
+    ),
+]
+
+
+def register_opts(conf: cfg.ConfigOpts) -> None:
+    conf.register_group(channels_group)
+    conf.register_opts(channels_opts, group=channels_group)
+
+
+def list_opts() -> dict[cfg.OptGroup, list[cfg.Opt]]:
+    return {channels_group: channels_opts}
