@@ -8,8 +8,9 @@ channels_group = cfg.OptGroup(
     "channels",
     title="Guest channel options",
     help="""
-How the relay finds and reads each instance's channel: the UNIX socket QEMU
-listens on for the instance's ``org.openstack.iim.0`` virtio-serial port.
+How the relay finds and reads each instance's channel: the UNIX socket
+QEMU listens on for the instance's ``org.openstack.iim.0`` virtio-serial
+port.
 """,
 )
 
@@ -18,11 +19,11 @@ channels_opts = [
         "socket_dir",
         default="/var/lib/iim/channels",
         help="""
-Directory holding one ``<instance-uuid>.sock`` per monitored instance: the
-UNIX socket QEMU creates for the instance's iim channel.  QEMU (the libvirt
-QEMU user) must be able to create sockets here and the relay must be able to
-connect to them; a stale socket owned by another user makes attaching the
-channel fail.
+Directory holding one ``<instance-uuid>.sock`` per monitored instance:
+the UNIX socket QEMU creates for the instance's iim channel. QEMU (the
+libvirt QEMU user) must be able to create sockets here and the relay
+must be able to connect to them; a stale socket owned by another user
+makes attaching the channel fail.
 """,
     ),
     cfg.FloatOpt(
@@ -31,10 +32,11 @@ channel fail.
         min=0.05,
         max=60.0,
         help="""
-Seconds before the first reconnect attempt after a channel socket refuses a
-connection or closes; each further failure doubles the delay up to
-``reconnect_max``.  Smaller values notice a restarted guest sooner at the cost
-of more connect attempts against a socket that is not there yet.
+Seconds before the first reconnect attempt after a channel socket
+refuses a connection or closes; each further failure doubles the delay
+up to ``reconnect_max``. Smaller values notice a restarted guest sooner
+at the cost of more connect attempts against a socket that is not there
+yet.
 """,
     ),
     cfg.FloatOpt(
@@ -43,10 +45,10 @@ of more connect attempts against a socket that is not there yet.
         min=1.0,
         max=600.0,
         help="""
-Upper bound, in seconds, on the reconnect delay for one channel.  Lower values
-pick up a guest that comes back after a long absence sooner; higher values cost
-less on a host with many stopped instances.  Must be at least
-``reconnect_initial``.
+Upper bound, in seconds, on the reconnect delay for one channel. Lower
+values pick up a guest that comes back after a long absence sooner;
+higher values cost less on a host with many stopped instances. Must be
+at least ``reconnect_initial``.
 """,
     ),
     cfg.IntOpt(
@@ -55,9 +57,9 @@ less on a host with many stopped instances.  Must be at least
         min=512,
         max=65536,
         help="""
-Bytes requested from a channel socket per read.  Frames are small, so the
-default holds many; larger values save system calls on busy channels and cost
-memory per channel.
+Bytes requested from a channel socket per read. Frames are small, so the
+default holds many; larger values save system calls on busy channels and
+cost memory per channel.
 """,
     ),
     cfg.IntOpt(
@@ -66,10 +68,11 @@ memory per channel.
         min=1024,
         max=16 * 1024 * 1024,
         help="""
-Per-channel byte budget per second.  Bytes beyond it are dropped unread and
-counted, so a misbehaving or hostile guest cannot make the relay spend its CPU
-and memory on one channel.  An honest agent sends a few hundred bytes per
-heartbeat; too low a value starves heartbeats and causes false alarms.
+Per-channel byte budget per second. Bytes beyond it are dropped unread
+and counted, so a misbehaving or hostile guest cannot make the relay
+spend its CPU and memory on one channel. An honest agent sends a few
+hundred bytes per heartbeat; too low a value starves heartbeats and
+causes false alarms.
 """,
     ),
     cfg.IntOpt(
@@ -78,10 +81,11 @@ heartbeat; too low a value starves heartbeats and causes false alarms.
         min=10,
         max=10000,
         help="""
-Per-channel frame budget per second.  Frames beyond it are counted and ignored.
-An honest agent sends one heartbeat per interval (at most 10 per second) plus
-the occasional event; too low a value drops heartbeats and causes false
-alarms, too high a value lets one guest keep the relay busy.
+Per-channel frame budget per second. Frames beyond it are counted and
+ignored. An honest agent sends one heartbeat per interval (at most 10
+per second) plus the occasional event; too low a value drops heartbeats
+and causes false alarms, too high a value lets one guest keep the relay
+busy.
 """,
     ),
 ]

@@ -18,11 +18,11 @@ detector_group = cfg.OptGroup(
     "detector",
     title="Failure detector options",
     help="""
-When the relay decides that an instance has failed and tells Masakari.  A
-guest is reported when a watched process fails or when it stops heartbeating
-while libvirt says its domain is running.  Every value here trades detection
-time against false alarms; the defaults detect a hung guest in about
-``missed_heartbeats`` x the agent's heartbeat interval.
+When the relay decides that an instance has failed and tells Masakari. A
+guest is reported when a watched process fails or when it stops
+heartbeating while libvirt says its domain is running. Every value here
+trades detection time against false alarms; the defaults detect a hung
+guest in about ``missed_heartbeats`` x the agent's heartbeat interval.
 """,
 )
 
@@ -33,13 +33,13 @@ detector_opts = [
         min=2,
         max=100,
         help="""
-How many heartbeat intervals in a row may pass without a heartbeat before a
-running guest is declared hung.  Detection time is about this many times the
-agent's heartbeat interval.  Lower values detect a hang sooner but turn short
-stalls (a backup, a filesystem freeze, an overloaded host) into false alarms
-and needless recoveries; higher values ride those out and leave a truly hung
-guest down for longer.  At least 2, so one late heartbeat never triggers a
-recovery.
+How many heartbeat intervals in a row may pass without a heartbeat
+before a running guest is declared hung. Detection time is about this
+many times the agent's heartbeat interval. Lower values detect a hang
+sooner but turn short stalls (a backup, a filesystem freeze, an
+overloaded host) into false alarms and needless recoveries; higher
+values ride those out and leave a truly hung guest down for longer. At
+least 2, so one late heartbeat never triggers a recovery.
 """,
     ),
     cfg.FloatOpt(
@@ -48,10 +48,10 @@ recovery.
         min=MIN_HEARTBEAT_INTERVAL,
         max=MAX_HEARTBEAT_INTERVAL,
         help="""
-Smallest heartbeat interval, in seconds, the relay accepts from an agent; a
-faster interval announced by the guest is raised to this.  Lower values allow
-faster detection but cost CPU on both sides and make brief guest stalls look
-like hangs.  Must not exceed ``max_interval``.
+Smallest heartbeat interval, in seconds, the relay accepts from an
+agent; a faster interval announced by the guest is raised to this. Lower
+values allow faster detection but cost CPU on both sides and make brief
+guest stalls look like hangs. Must not exceed ``max_interval``.
 """,
     ),
     cfg.FloatOpt(
@@ -60,11 +60,11 @@ like hangs.  Must not exceed ``max_interval``.
         min=MIN_HEARTBEAT_INTERVAL,
         max=MAX_HEARTBEAT_INTERVAL,
         help="""
-Largest heartbeat interval, in seconds, the relay accepts from an agent; a
-slower interval announced by the guest is lowered to this.  It caps the
+Largest heartbeat interval, in seconds, the relay accepts from an agent;
+a slower interval announced by the guest is lowered to this. It caps the
 worst-case detection time at ``missed_heartbeats`` x ``max_interval``
-seconds, whatever the guest asks for.  Higher values let guest owners choose
-slow, cheap heartbeats; lower values guarantee faster detection.
+seconds, whatever the guest asks for. Higher values let guest owners
+choose slow, cheap heartbeats; lower values guarantee faster detection.
 """,
     ),
     cfg.FloatOpt(
@@ -73,11 +73,12 @@ slow, cheap heartbeats; lower values guarantee faster detection.
         min=0.0,
         max=3600.0,
         help="""
-Seconds after an instance's domain starts during which missing heartbeats are
-not reported: a booting guest has not started its agent yet.  Failures the
-agent reports itself are not delayed.  Too short a value reports guests that
-boot slowly; too long a value leaves a guest that hangs during boot unprotected
-for that long.  0 turns the grace period off.
+Seconds after an instance's domain starts during which missing
+heartbeats are not reported: a booting guest has not started its agent
+yet. Failures the agent reports itself are not delayed. Too short a
+value reports guests that boot slowly; too long a value leaves a guest
+that hangs during boot unprotected for that long. 0 turns the grace
+period off.
 """,
     ),
     cfg.FloatOpt(
@@ -86,11 +87,12 @@ for that long.  0 turns the grace period off.
         min=0.0,
         max=MAX_PAUSE_SECONDS,  # a week: the longest pause the protocol carries
         help="""
-Longest maintenance pause, in seconds, a guest may request: while paused, the
-relay sends no notification for the instance.  A longer request is shortened
-to this, and monitoring resumes when it expires.  Higher values let guest
-owners cover long maintenance windows; they also let a forgotten pause leave
-an instance unprotected for that long.  0 ignores pause requests.
+Longest maintenance pause, in seconds, a guest may request: while
+paused, the relay sends no notification for the instance. A longer
+request is shortened to this, and monitoring resumes when it expires.
+Higher values let guest owners cover long maintenance windows; they also
+let a forgotten pause leave an instance unprotected for that long. 0
+ignores pause requests.
 """,
     ),
     cfg.FloatOpt(
@@ -101,10 +103,11 @@ an instance unprotected for that long.  0 ignores pause requests.
         help="""
 Seconds after a notification during which the relay sends no further
 notification for the same instance, giving Masakari time to recover it.
-Shorter values report a second failure right after a recovery sooner, but
-risk notifying again while the first recovery is still running (masakari-api
-refuses duplicates within its own 180 s window anyway); longer values
-suppress repeated recoveries of a guest that keeps failing.  0 turns it off.
+Shorter values report a second failure right after a recovery sooner,
+but risk notifying again while the first recovery is still running
+(masakari-api refuses duplicates within its own 180 s window anyway);
+longer values suppress repeated recoveries of a guest that keeps
+failing. 0 turns it off.
 """,
     ),
     cfg.IntOpt(
@@ -113,11 +116,12 @@ suppress repeated recoveries of a guest that keeps failing.  0 turns it off.
         min=1,
         max=100,
         help="""
-At most this many notifications per instance within ``notification_window``;
-further failures are logged and counted but not sent until the window moves
-on.  This stops a restart storm when a guest fails again after every recovery
-(VMware HA's default is 3 resets per hour).  Lower values give up on a
-flapping guest sooner; higher values keep recovering it.
+At most this many notifications per instance within
+``notification_window``; further failures are logged and counted but not
+sent until the window moves on. This stops a restart storm when a guest
+fails again after every recovery (VMware HA's default is 3 resets per
+hour). Lower values give up on a flapping guest sooner; higher values
+keep recovering it.
 """,
     ),
     cfg.FloatOpt(
@@ -126,9 +130,9 @@ flapping guest sooner; higher values keep recovering it.
         min=60.0,
         max=WEEK,
         help="""
-Length, in seconds, of the sliding window ``max_notifications`` counts over.
-A longer window is stricter about guests that fail repeatedly; a shorter one
-forgives them sooner.
+Length, in seconds, of the sliding window ``max_notifications`` counts
+over. A longer window is stricter about guests that fail repeatedly; a
+shorter one forgives them sooner.
 """,
     ),
 ]

@@ -39,13 +39,14 @@ masakari_group = cfg.OptGroup(
     GROUP,
     title="Masakari API options",
     help="""
-How the relay reaches masakari-api.  With Keystone, set ``auth_type =
+How the relay reaches masakari-api. With Keystone, set ``auth_type =
 password`` (the default) and the usual ``auth_url``, ``username``,
 ``password``, ``project_name``, ``user_domain_name`` and
-``project_domain_name``; the endpoint is then looked up in the catalog by
-``service_type``, ``valid_interfaces`` and ``region_name`` (or given with
-``endpoint_override``).  Without Keystone (masakari-api with ``auth_strategy =
-noauth2``), set ``auth_type = none`` and ``endpoint = http://HOST:15868``.
+``project_domain_name``; the endpoint is then looked up in the catalog
+by ``service_type``, ``valid_interfaces`` and ``region_name`` (or given
+with ``endpoint_override``). Without Keystone (masakari-api with
+``auth_strategy = noauth2``), set ``auth_type = none`` and ``endpoint =
+http://HOST:15868``.
 """,
 )
 
@@ -55,9 +56,9 @@ masakari_opts = [
         default="admin:admin",
         secret=True,
         help="""
-Value sent as ``X-Auth-Token`` when ``auth_type = none``, for a masakari-api
-running with ``auth_strategy = noauth2`` (which reads it as
-``user:project``).  Never sent with any other ``auth_type``.
+Value sent as ``X-Auth-Token`` when ``auth_type = none``, for a
+masakari-api running with ``auth_strategy = noauth2`` (which reads it as
+``user:project``). Never sent with any other ``auth_type``.
 """,
     ),
     cfg.FloatOpt(
@@ -66,12 +67,13 @@ running with ``auth_strategy = noauth2`` (which reads it as
         min=1.0,
         max=300.0,
         help="""
-Seconds to wait for masakari-api to answer one notification request before
-treating it as failed and retrying it later from the outbox.  It applies to
-every request the relay makes and takes precedence over keystoneauth's
-``timeout``.  masakari-api may sleep up to its ``notification_delay_max``
-(5 s by default) before answering, so keep this well above that; a value too
-high only delays the retry of a request that hung.
+Seconds to wait for masakari-api to answer one notification request
+before treating it as failed and retrying it later from the outbox. It
+applies to every request the relay makes and takes precedence over
+keystoneauth's ``timeout``. masakari-api may sleep up to its
+``notification_delay_max`` (5 s by default) before answering, so keep
+this well above that; a value too high only delays the retry of a
+request that hung.
 """,
     ),
     cfg.FloatOpt(
@@ -80,11 +82,12 @@ high only delays the retry of a request that hung.
         min=0.1,
         max=600.0,
         help="""
-Seconds before the first retry of a notification that could not be delivered
-(masakari-api down, 5xx, timeout); each further failure doubles the delay up
-to ``backoff_max``.  The notification waits in the durable outbox meanwhile,
-so retrying never loses it.  Smaller values deliver sooner after a short
-outage and load a recovering masakari-api more.
+Seconds before the first retry of a notification that could not be
+delivered (masakari-api down, 5xx, timeout); each further failure
+doubles the delay up to ``backoff_max``. The notification waits in the
+durable outbox meanwhile, so retrying never loses it. Smaller values
+deliver sooner after a short outage and load a recovering masakari-api
+more.
 """,
     ),
     cfg.FloatOpt(
@@ -93,9 +96,10 @@ outage and load a recovering masakari-api more.
         min=1.0,
         max=3600.0,
         help="""
-Upper bound, in seconds, of the retry delay.  It is the longest a notification
-waits after masakari-api comes back; higher values are gentler on an API that
-stays down for long.  Must be at least ``backoff_initial``.
+Upper bound, in seconds, of the retry delay. It is the longest a
+notification waits after masakari-api comes back; higher values are
+gentler on an API that stays down for long. Must be at least
+``backoff_initial``.
 """,
     ),
     cfg.FloatOpt(
@@ -104,9 +108,9 @@ stays down for long.  Must be at least ``backoff_initial``.
         min=0.0,
         max=1.0,
         help="""
-Fraction of each retry delay that is randomised (0.2: the delay varies by up
-to 20 %), so that relays on many hosts do not retry against a recovering
-masakari-api in lock-step.  0 makes the delays exact.
+Fraction of each retry delay that is randomised (0.2: the delay varies
+by up to 20 %), so that relays on many hosts do not retry against a
+recovering masakari-api in lock-step. 0 makes the delays exact.
 """,
     ),
 ]
