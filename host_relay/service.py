@@ -1,0 +1,270 @@
+"""The running relay: discovery, one channel per instance, the sender, the control socket.
+
+:class:`Relay` wires the pieces together under a small :class:`Supervisor`
+(asyncio.TaskGroup needs Python 3.11; the relay supports 3.10): every part is
+a named task, a part that crashes is logged and restarted with backoff, and
+nothing one part does can stop the others.  ``run(shutdown)`` returns after
+``shutdown`` is set and the relay has stopped in a fixed, logged order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import os
+import time
+from collections.abc import Awaitable
+from typing import Any, Callable, Optional
+
+import iim_protocol
+from host_relay.channel import ChannelConnection
+from host_relay.control import ControlServer
+from host_relay.discovery import Discovery
+from host_relay.settings import RelaySettings
+
+LOG = logging.getLogger(__name__)
+
+_RESTART_INITIAL = 1.0
+_RESTART_MAX = 30.0
+_RESTART_STABLE = 60.0  # a part that ran this long restarts from the initial delay
+
+
+class Supervisor:
+    """Named tasks that are restarted with backoff when they crash or return."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._tasks: dict[str, asyncio.Task] = {}
+        self.restarts: dict[str, int] = {}
+        self._stopping: set[asyncio.Task] = set()
+
+    def spawn(self, name: str, factory: Callable[[], Awaitable[None]]) -> None:
+        if name in self._tasks:
+            raise ValueError(f"{name} is already running")
+        self._tasks[name] = asyncio.get_running_loop().create_task(
+            self._keep(name, factory), name=name
+        )
+
+    async def _keep(self, name: str, factory: Callable[[], Awaitable[None]]) -> None:
+        delay = _RESTART_INITIAL
+        while True:
+            started = self._clock()
+            try:
+                await factory()
+                if asyncio.current_task() in self._stopping:
+                    return  # it was asked to stop, and did
+                LOG.error("%s stopped on its own; restarting it in %.1fs", name, delay)
+            except Exception:  # noqa: BLE001 - the supervisor's job: log and restart
+                if asyncio.current_task() in self._stopping:
+                    LOG.exception("%s failed while stopping", name)
+                    return
+                LOG.exception("%s crashed; restarting it in %.1fs", name, delay)
+            self.restarts[name] = self.restarts.get(name, 0) + 1
+            if self._clock() - started >= _RESTART_STABLE:
+                delay = _RESTART_INITIAL
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, _RESTART_MAX)
+
+    def running(self, name: str) -> bool:
+        return name in self._tasks
+
+    async def stop(self, name: str, timeout: Optional[float] = None) -> bool:
+        """Cancel ``name``, or first wait up to ``timeout`` for it to end by itself.
+
+        Returns False if it had to be cancelled after waiting.
+        """
+        task = self._tasks.pop(name, None)
+        if task is None:
+            return True
+        done = True
+        self._stopping.add(task)
+        try:
+            if timeout is not None:
+                finished, _ = await asyncio.wait({task}, timeout=timeout)
+                done = bool(finished)
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        finally:
+            self._stopping.discard(task)
+        return done
+
+    async def stop_matching(self, prefix: str) -> int:
+        names = [n for n in self._tasks if n.startswith(prefix)]
+        tasks = [self._tasks.pop(n) for n in names]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        return len(tasks)
+
+    async def stop_all(self) -> None:
+        await self.stop_matching("")
+
+
+class Relay:
+    """The compute-host daemon's asyncio core."""
+
+    def __init__(
+        self,
+        settings: RelaySettings,
+        detector_config: Any,
+        outbox: Any,
+        sender: Any,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+        *,
+        detector_factory: Optional[Callable[[str, Any, float], Any]] = None,
+    ) -> None:
+        if detector_factory is None:
+            from host_relay.detector import Detector, DetectorConfig
+
+            if isinstance(detector_config, dict):
+                detector_config = DetectorConfig(**detector_config)
+            detector_factory = Detector
+        self.settings = settings
+        self._detector_config = detector_config
+        self._detector_factory = detector_factory
+        self.outbox = outbox
+        self.sender = sender
+        self._clock = clock
+        self._wall_clock = wall_clock
+        self.channels: dict[str, ChannelConnection] = {}
+        self._supervisor = Supervisor(clock)
+        self._discovery: Optional[Discovery] = None
+        self._control = ControlServer(settings.control_socket, self.handle_request)
+        self._sender_stop: Optional[asyncio.Event] = None
+        self._started_at: Optional[float] = None
+        self.stopping = False
+
+    # -- running ------------------------------------------------------------
+
+    async def run(self, shutdown: asyncio.Event) -> None:
+        """Run until ``shutdown`` is set, then stop in order."""
+        s = self.settings
+        self._started_at = self._clock()
+        self._control.bind()  # fails now if another relay is running
+        LOG.info("iim-relay %s starting on host %s (channels in %s, state in %s)",
+                 iim_protocol.__version__, s.host, s.channels.socket_dir, s.state_path)
+        sup = self._supervisor
+        self._sender_stop = asyncio.Event()
+        self._discovery = Discovery(s.channels.socket_dir, self._add_channel, self._remove_channel)
+        try:
+            sup.spawn("control", self._control.serve)
+            sup.spawn("sender", lambda: self.sender.run(self._sender_stop))
+            sup.spawn("discovery", self._discovery.run)
+            LOG.info("iim-relay running")
+            await shutdown.wait()
+        finally:
+            await self._shutdown()
+
+    async def _shutdown(self) -> None:
+        self.stopping = True
+        grace = self.settings.shutdown_grace
+        sup = self._supervisor
+        LOG.info("Shutdown 1/5: stopping discovery")
+        await sup.stop("discovery")
+        LOG.info("Shutdown 2/5: closing %d channels", len(self.channels))
+        for conn in self.channels.values():
+            conn.close()
+        await sup.stop_matching("channel ")
+        self.channels.clear()
+        LOG.info("Shutdown 3/5: stopping the sender (grace %.1fs)", grace)
+        if self._sender_stop is not None:
+            self._sender_stop.set()
+        if not await sup.stop("sender", timeout=grace):
+            LOG.warning("Sender did not finish within %.1fs; cancelled it", grace)
+        LOG.info("Shutdown 4/5: closing the control socket")
+        await sup.stop("control")
+        await sup.stop_all()
+        LOG.info("Shutdown 5/5: closing the outbox")
+        try:
+            self.outbox.close()
+        except Exception:  # noqa: BLE001 - shutdown goes on; the rows are committed
+            LOG.exception("Closing the outbox failed")
+        LOG.info("iim-relay stopped")
+
+    def _add_channel(self, uuid: str, path: str) -> None:
+        if self.stopping:
+            return
+        old = self.channels.pop(uuid, None)
+        if old is not None:  # a new socket for the same instance replaces the old one
+            old.close()
+        now = self._clock()
+        detector = self._detector_factory(uuid, self._detector_config, now)
+        conn = ChannelConnection(
+            uuid, path, self.settings.channels, detector, self.outbox, self.sender,
+            self.settings.host, clock=self._clock, wall_clock=self._wall_clock,
+        )
+        self.channels[uuid] = conn
+        name = f"channel {uuid}"
+        if self._supervisor.running(name):
+            asyncio.get_running_loop().create_task(self._restart(name, conn))
+        else:
+            self._supervisor.spawn(name, conn.run)
+
+    async def _restart(self, name: str, conn: ChannelConnection) -> None:
+        await self._supervisor.stop(name)
+        if self.channels.get(conn.instance_uuid) is conn and not self.stopping:
+            self._supervisor.spawn(name, conn.run)
+
+    def _remove_channel(self, uuid: str) -> None:
+        conn = self.channels.pop(uuid, None)
+        if conn is None:
+            return
+        conn.close()
+        asyncio.get_running_loop().create_task(self._supervisor.stop(f"channel {uuid}"))
+
+    # -- status -------------------------------------------------------------
+
+    def handle_request(self, request: dict[str, Any]) -> dict[str, Any]:
+        cmd = request.get("cmd")
+        if cmd == "status":
+            return self.snapshot()
+        return {"error": f"unknown command {str(cmd)[:40]!r} (known: status)"}
+
+    def snapshot(self) -> dict[str, Any]:
+        now = self._clock()
+        wall = self._wall_clock()
+        instances = {}
+        for uuid, conn in sorted(self.channels.items()):
+            item = conn.snapshot()
+            item["last_failure"] = self._last_failure(uuid, wall)
+            instances[uuid] = item
+        return {
+            "version": iim_protocol.__version__,
+            "host": self.settings.host,
+            "pid": os.getpid(),
+            "uptime": None if self._started_at is None else round(now - self._started_at, 3),
+            "socket_dir": self.settings.channels.socket_dir,
+            "instances": instances,
+            "ignored_files": sorted(self._discovery.ignored) if self._discovery else [],
+            "outbox": self._safe(lambda: self.outbox.stats(wall)),
+            "sender": self._safe(self._sender_counters),
+            "restarts": dict(self._supervisor.restarts),
+        }
+
+    def _last_failure(self, uuid: str, wall: float) -> Optional[dict[str, Any]]:
+        entry = self._safe(lambda: self.outbox.latest_for(uuid))
+        if entry is None or isinstance(entry, dict):
+            return entry
+        out = dataclasses.asdict(entry) if dataclasses.is_dataclass(entry) else dict(vars(entry))
+        out["age"] = round(wall - out.get("created_at", wall), 3)
+        return out
+
+    def _sender_counters(self) -> dict[str, Any]:
+        counters = getattr(self.sender, "counters", None)
+        if callable(counters):
+            counters = counters()
+        if counters is None:
+            return {}
+        if dataclasses.is_dataclass(counters):
+            return dataclasses.asdict(counters)
+        return dict(counters)
+
+    @staticmethod
+    def _safe(fn: Callable[[], Any]) -> Any:
+        try:
+            return fn()
+        except Exception as exc:  # noqa: BLE001 - status must always answer
+            LOG.exception("Status: a part failed to report")
+            return {"error": f"{type(exc).__name__}: {exc}"}
