@@ -202,7 +202,11 @@ def register_opts(conf: Any, group: str) -> None:
     ks_loading.register_session_conf_options(conf, group)
     ks_loading.register_auth_conf_options(conf, group)
     ks_loading.register_adapter_conf_options(conf, group, include_deprecated=False)
-    conf.register_opts(client_opts(), group=group)
+    try:
+        conf.register_opts(client_opts(), group=group)
+    except Exception as exc:  # already defined differently (host_relay.conf.masakari)
+        if type(exc).__name__ != "DuplicateOptError":
+            raise
     conf.set_default("service_type", SERVICE_TYPE, group=group)
 
 

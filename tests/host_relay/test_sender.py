@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import http.server
+import json
 import logging
 import random
+import socket
 import threading
 import time
 
 import pytest
 
-from host_relay.masakari_client import Result, notification_body, notifications_url
+from host_relay.masakari_client import (
+    MasakariClient,
+    Result,
+    notification_body,
+    notifications_url,
+)
 from host_relay.outbox import Outbox
 from host_relay.sender import Action, Sender, classify
 
@@ -335,3 +343,79 @@ def test_stop_event_ends_run_promptly_even_with_a_far_due_time(outbox):
         return time.monotonic() - t
 
     assert asyncio.run(main()) < 0.5
+
+
+# -- which X-Auth-Token the client sends --------------------------------------------------
+
+class _Capture(http.server.BaseHTTPRequestHandler):
+    seen: list = []
+
+    def do_POST(self):  # noqa: N802 - http.server's naming
+        length = int(self.headers.get("Content-Length", 0))
+        _Capture.seen.append((self.path, self.headers.get("X-Auth-Token"),
+                              json.loads(self.rfile.read(length))))
+        body = b'{"notification": {"notification_uuid": "n-9"}}'
+        self.send_response(202)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def capture_server():
+    _Capture.seen = []
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Capture)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=5)
+
+
+def _entry(tmp_path):
+    ob = Outbox(str(tmp_path / "o.sqlite"))
+    try:
+        return ob.put("u-1", "compute-7", "process", "r", 1_800_000_000.0)
+    finally:
+        ob.close()
+
+
+def test_noauth_sends_the_configured_token(capture_server, tmp_path):
+    from keystoneauth1 import noauth, session
+
+    client = MasakariClient(session.Session(auth=noauth.NoAuth(endpoint=capture_server)),
+                            noauth_token="ops:proj")
+    result = client.post_notification(_entry(tmp_path))
+    assert result == Result(202, result.body, "n-9", "")
+    ((path, token, body),) = _Capture.seen
+    assert (path, token) == ("/v1/notifications", "ops:proj")
+    assert body == notification_body(_entry(tmp_path))
+
+
+def test_real_auth_sends_its_own_token_not_noauth_token(capture_server, tmp_path):
+    from keystoneauth1 import session, token_endpoint
+
+    auth = token_endpoint.Token(capture_server + "/v1/p1", "keystone-token")
+    client = MasakariClient(session.Session(auth=auth), noauth_token="admin:admin")
+    assert client.post_notification(_entry(tmp_path)).status == 202
+    ((path, token, _),) = _Capture.seen
+    assert (path, token) == ("/v1/p1/notifications", "keystone-token")
+
+
+def test_connection_refused_is_a_result_not_an_exception(tmp_path):
+    from keystoneauth1 import noauth, session
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    client = MasakariClient(
+        session.Session(auth=noauth.NoAuth(endpoint=f"http://127.0.0.1:{port}")),
+        connect_timeout=1.0)
+    result = client.post_notification(_entry(tmp_path))
+    assert result.status is None and "ConnectFailure" in result.error
+    assert classify(result).action is Action.RETRY
