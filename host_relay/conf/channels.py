@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from oslo_config import cfg
 
+from host_relay.conf._group import register_group
+
 channels_group = cfg.OptGroup(
     "channels",
     title="Guest channel options",
@@ -92,7 +94,7 @@ busy.
 
 
 def register_opts(conf: cfg.ConfigOpts) -> None:
-    conf.register_group(channels_group)
+    register_group(conf, channels_group)
     conf.register_opts(channels_opts, group=channels_group)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from oslo_config import cfg
 
+from host_relay.conf._group import register_group
 from iim_protocol.messages import MAX_HEARTBEAT_INTERVAL, MAX_PAUSE_SECONDS, MIN_HEARTBEAT_INTERVAL
 
 WEEK = 7 * 24 * 3600.0
@@ -139,7 +140,7 @@ shorter one forgives them sooner.
 
 
 def register_opts(conf: cfg.ConfigOpts) -> None:
-    conf.register_group(detector_group)
+    register_group(conf, detector_group)
     conf.register_opts(detector_opts, group=detector_group)
 
 

@@ -119,16 +119,50 @@ class _File:
         return found
 
 
-def _config_files(conf: cfg.ConfigOpts) -> list[str]:
-    """The files oslo parsed, in its documented order: --config-file ones, then --config-dir's."""
-    files = [cfg._fixpath(f) for f in conf.config_file or []]
-    # oslo keeps every --config-dir given, not only the last; without one it read the defaults.
-    dirs = list(getattr(conf._namespace, "_config_dirs", None) or [])
-    if not dirs:
-        dirs = [d for d in conf.default_config_dirs or [] if os.path.isdir(d)]
-    for directory in dirs:
-        files.extend(sorted(glob.glob(os.path.join(os.path.expanduser(directory), "*.conf"))))
-    return files
+def _config_args(argv: Sequence[str]) -> list[tuple[str, str]]:
+    """The --config-file / --config-dir arguments, in order (argparse accepts unique prefixes)."""
+    found = []
+    args = list(argv)
+    for i, arg in enumerate(args):
+        if arg == "--":
+            break
+        name, eq, value = arg.partition("=")
+        if len(name) <= len("--config-"):
+            continue
+        if "--config-file".startswith(name):
+            kind = "file"
+        elif "--config-dir".startswith(name):
+            kind = "dir"
+        else:
+            continue
+        if not eq:
+            if i + 1 >= len(args):
+                continue
+            value = args[i + 1]
+        found.append((kind, value))
+    return found
+
+
+def _dir_files(directory: str) -> list[str]:
+    return sorted(glob.glob(os.path.join(os.path.expanduser(directory), "*.conf")))
+
+
+def _config_files(conf: cfg.ConfigOpts, argv: Sequence[str]) -> list[str]:
+    """The files oslo parsed, in its order: later ones override earlier ones.
+
+    The defaults come first (files only without --config-file, directories only
+    without --config-dir), then every --config-file and --config-dir in argv order.
+    """
+    cli = _config_args(argv)
+    files = []
+    if not any(kind == "file" for kind, _ in cli):
+        files += conf.default_config_files or []
+    if not any(kind == "dir" for kind, _ in cli):
+        for directory in conf.default_config_dirs or []:
+            files += _dir_files(directory)
+    for kind, value in cli:
+        files += [value] if kind == "file" else _dir_files(value)
+    return [cfg._fixpath(path) for path in files]
 
 
 @dataclass
@@ -284,12 +318,22 @@ def _auth_warnings(conf: cfg.ConfigOpts) -> list[str]:
 def _known(conf: cfg.ConfigOpts) -> dict[str, set[str]]:
     """Every section and key oslo would read: registered names plus their deprecated aliases."""
     known: dict[str, set[str]] = {"DEFAULT": set()}
-    for group, opt in _opts(conf):
+    for group, opt in [*_opts(conf), *_library_opts()]:
         known.setdefault(group or "DEFAULT", set()).add(opt.dest)
         for dep in opt.deprecated_opts:
             dep_group = dep.group or group or "DEFAULT"
             known.setdefault(_group_key(dep_group), set()).add(dep.name or opt.dest)
     return known
+
+
+def _library_opts() -> list[tuple[str | None, cfg.Opt]]:
+    """oslo.log's options that it registers only when used (fatal_deprecations and the like)."""
+    found: list[tuple[str | None, cfg.Opt]] = []
+    for ep in entry_points(group="oslo.config.opts"):
+        if ep.name == "oslo.log":
+            for group, opts in ep.load()():
+                found += [(group, opt) for opt in opts]
+    return found
 
 
 def _unknown_options(conf: cfg.ConfigOpts, files: Sequence[_File]) -> list[str]:
@@ -422,7 +466,7 @@ def load(
         raise ConfigError(f"{exc}") from None
 
     try:
-        files = [_File.read(path) for path in _config_files(conf)]
+        files = [_File.read(path) for path in _config_files(conf, argv)]
     except cfg.ParseError as exc:  # pragma: no cover - oslo parsed the same files just now
         raise ConfigError(f"{exc.filename}: cannot parse: {exc}") from None
 

@@ -25,6 +25,8 @@ import copy
 from keystoneauth1 import loading as ks_loading
 from oslo_config import cfg
 
+from host_relay.conf._group import register_group
+
 GROUP = "masakari"
 
 DEFAULT_AUTH_TYPE = "password"  # as masakari-monitors' [api]
@@ -117,7 +119,7 @@ recovering masakari-api in lock-step. 0 makes the delays exact.
 
 
 def register_opts(conf: cfg.ConfigOpts) -> None:
-    conf.register_group(masakari_group)
+    register_group(conf, masakari_group)
     conf.register_opts(masakari_opts, group=masakari_group)
     ks_loading.register_session_conf_options(conf, GROUP)
     ks_loading.register_auth_conf_options(conf, GROUP)
