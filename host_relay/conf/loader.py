@@ -35,7 +35,9 @@ from host_relay.settings import ChannelSettings, DeliverySettings, RelaySettings
 PROJECT = "iim"
 PROG = "iim-relay"
 
+# load() keeps these on the ConfigOpts it parsed (oslo's ConfigOpts has no place for them).
 _WARNINGS_ATTR = "_iim_config_warnings"
+_PLUGIN_ATTR = "_iim_auth_plugin_opts"  # (group, opts) registered for the chosen auth_type
 
 
 class ConfigError(Exception):
@@ -167,7 +169,7 @@ def _config_files(conf: cfg.ConfigOpts, argv: Sequence[str]) -> list[str]:
 
 @dataclass
 class _Source:
-    where: str  # a file, an environment variable, or "the defaults"
+    where: str  # a file, an environment variable, or "the configuration"
     raw: str | None = None
     line: int | None = None
 
@@ -187,7 +189,7 @@ def _source(conf: cfg.ConfigOpts, files: Sequence[_File], group: str | None, nam
         hit = parsed.lookup(group or "DEFAULT", name)
         if hit is not None:
             return _Source(parsed.path, hit[0], hit[1])
-    return _Source("the defaults")
+    return _Source("the configuration")  # a default or a programmatic override
 
 
 def _fmt(number: float | int) -> str:
@@ -207,7 +209,8 @@ def _value_problem(
 ) -> str:
     src = _source(conf, files, group, opt.dest)
     section = group or "DEFAULT"
-    setting = f"{src.where}: [{section}] {opt.dest} = {src.raw}"
+    shown = "****" if opt.secret else src.raw
+    setting = f"{src.where}: [{section}] {opt.dest} = {shown}"
     kind = opt.type
     if isinstance(kind, (types.Integer, types.Float)):
         noun = "an integer" if isinstance(kind, types.Integer) else "a number"
@@ -226,6 +229,27 @@ def _value_problem(
         return f"{setting} is out of range: must be {bounds}{src.suffix(default)}"
     reason = str(exc).split(" is not valid: ", 1)[-1]
     return f"{setting} is not valid: {reason}{src.suffix()}"
+
+
+def _cli_opt_problems(conf: cfg.ConfigOpts, argv: Sequence[str]) -> list[str]:
+    problems = []
+    for path in _config_files(conf, argv):
+        try:
+            parsed = _File.read(path)
+        except (OSError, cfg.ParseError):
+            continue
+        for group, opt in _opts(conf):
+            hit = parsed.lookup(group or "DEFAULT", opt.dest)
+            if hit is None:
+                continue
+            try:
+                opt.type(hit[0])
+            except ValueError as exc:
+                problems.append(
+                    f"{path}: [{group or 'DEFAULT'}] {opt.dest} = {hit[0]} is not valid: "
+                    f"{exc} (line {hit[1]})"
+                )
+    return problems
 
 
 def _check_values(conf: cfg.ConfigOpts, files: Sequence[_File]) -> list[str]:
@@ -277,7 +301,17 @@ def _register_auth_plugin(conf: cfg.ConfigOpts, files: Sequence[_File]) -> list[
             f"{hint}use password (Keystone) or none (no Keystone, with endpoint = URL); "
             f"available: {', '.join(known)}{src.suffix()}"
         ]
-    conf.register_opts(ks_loading.get_auth_plugin_conf_options(name), group=section)
+    try:
+        plugin_opts = ks_loading.get_auth_plugin_conf_options(name)
+    except Exception as exc:  # a plugin whose optional dependencies are missing
+        src = _source(conf, files, section, "auth_type")
+        return [
+            f"{src.where}: [{section}] auth_type = {name}: the plugin cannot be loaded "
+            f"({type(exc).__name__}: {exc}); install what it needs or choose another"
+            f"{src.suffix()}"
+        ]
+    conf.register_opts(plugin_opts, group=section)
+    setattr(conf, _PLUGIN_ATTR, (section, plugin_opts))
     return []
 
 
@@ -434,6 +468,10 @@ def load(
     """
     conf = cfg.CONF if conf is None else conf
     register_all(conf)
+    previous = conf.__dict__.pop(_PLUGIN_ATTR, None)
+    if previous is not None:  # loaded before, maybe with another auth_type: start over
+        conf.clear()
+        conf.unregister_opts(previous[1], group=previous[0])
     try:
         conf(
             args=list(argv),
@@ -462,8 +500,19 @@ def load(
             f"{exc.config_file}: cannot parse: {exc.msg}; every line must be a [section], "
             "a 'key = value', an indented continuation or a # comment"
         ) from None
-    except (cfg.ConfigFileValueError, cfg.RequiredOptError) as exc:
+    except cfg.ConfigFileValueError as exc:
+        # oslo converts command-line options (oslo.log's debug, log_file...) while it
+        # parses, and its message names neither the file nor the value.
+        raise ConfigError(_cli_opt_problems(conf, argv) or [f"{exc}"]) from None
+    except cfg.RequiredOptError as exc:
         raise ConfigError(f"{exc}") from None
+    except SystemExit as exc:
+        # argparse's exit: --help/--version (0), a bad argument, or (oslo turns it into
+        # one) a bad value for a command-line option found in a config file.
+        problems = _cli_opt_problems(conf, argv) if exc.code not in (0, None) else []
+        if problems:
+            raise ConfigError(problems) from None
+        raise
 
     try:
         files = [_File.read(path) for path in _config_files(conf, argv)]

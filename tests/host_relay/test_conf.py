@@ -320,6 +320,12 @@ def test_bad_choice_in_a_library_option(tmp_path):
     assert f"{path}: [masakari] insecure = maybe is not valid" in _error(path)
 
 
+def test_bad_value_in_a_command_line_option_set_in_a_file(tmp_path):
+    # oslo converts oslo.log's CLI options while parsing; the message still names the file.
+    path = _write(tmp_path, "[DEFAULT]\ndebug = maybe\n")
+    assert _error(path).startswith(f"{path}: [DEFAULT] debug = maybe is not valid:")
+
+
 def test_empty_host(tmp_path):
     path = _write(tmp_path, "[DEFAULT]\nhost =\n")
     assert f"{path}: [DEFAULT] host is empty" in _error(path)
@@ -457,6 +463,16 @@ def test_auth_type_none_without_endpoint_warns(tmp_path):
     assert relay_conf.config_warnings(_load(override)) == []
 
 
+def test_loading_again_with_another_auth_type(tmp_path):
+    conf = relay_conf.new_conf()
+    basic = _write(tmp_path, "[masakari]\nauth_type = http_basic\nusername = u\n", "a.conf")
+    relay_conf.load(["--config-file", basic], default_config_files=[], conf=conf)
+    password = _write(tmp_path, "[masakari]\nauth_url = http://k/v3\nusername = u\n", "b.conf")
+    relay_conf.load(["--config-file", password], default_config_files=[], conf=conf)
+    assert conf.masakari.auth_url == "http://k/v3"
+    assert "endpoint" not in conf.masakari  # http_basic's option is gone
+
+
 def test_unknown_auth_type(tmp_path):
     path = _write(tmp_path, "[masakari]\nauth_type = pasword\n")
     message = _error(path)
@@ -532,7 +548,7 @@ def test_sample_loads_cleanly(tmp_path):
     for line in SAMPLE.read_text().splitlines():
         if line.startswith("#") and " = " in line and not line.startswith("# "):
             name, value = line[1:].split(" = ", 1)
-            if value != "<None>" and name not in {"host", "log_rotation_type"}:
+            if value != "<None>" and name != "host":
                 line = f"{name} = {value}"
         lines.append(line)
     path = _write(tmp_path, "\n".join(lines) + "\n")
