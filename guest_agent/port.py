@@ -19,6 +19,7 @@ import errno
 import logging
 import os
 import select
+import termios
 from typing import Callable, Optional
 
 import serial
@@ -46,6 +47,17 @@ CLOSED = "closed"
 _READ, _EOF, _CLOSED_NOW = "read", "eof", "closed_now"  # results of Port._drain
 NO_HOST = "no_host"
 CONNECTED = "connected"
+
+
+def _read_returns_data(fd: int) -> None:
+    """VMIN=1, VTIME=0: an empty read is EAGAIN and b"" really means hangup.
+
+    pyserial leaves VMIN=0, where a read with nothing to read returns b"".
+    """
+    attrs = termios.tcgetattr(fd)
+    attrs[6][termios.VMIN] = 1
+    attrs[6][termios.VTIME] = 0
+    termios.tcsetattr(fd, termios.TCSANOW, attrs)
 
 
 class Port:
@@ -190,7 +202,14 @@ class Port:
                 self._open_failed(exc)
                 return
             fd = self._serial.fileno()
-            os.set_blocking(fd, False)
+            try:
+                os.set_blocking(fd, False)
+                _read_returns_data(fd)
+            except (OSError, termios.error) as exc:
+                self._serial.close()
+                self._serial = None
+                self._open_failed(exc)
+                return
         self._fd = fd
         self.opens += 1
         self._backoff = REOPEN_MIN
@@ -296,7 +315,7 @@ class Port:
             if result == _CLOSED_NOW:
                 return
             if result == _EOF:
-                self._host_gone("end of file")
+                self._host_gone(f"end of file, revents {revents:#x}")
                 return
         if revents & POLLHUP:
             self._host_gone("hangup")
