@@ -74,12 +74,13 @@ choose slow, cheap heartbeats; lower values guarantee faster detection.
         min=0.0,
         max=3600.0,
         help="""
-Seconds after an instance's domain starts during which missing
-heartbeats are not reported: a booting guest has not started its agent
-yet. Failures the agent reports itself are not delayed. Too short a
-value reports guests that boot slowly; too long a value leaves a guest
-that hangs during boot unprotected for that long. 0 turns the grace
-period off.
+Seconds after a guest agent's hello (sent when the agent starts, so
+after every boot) during which missing heartbeats are not reported: the
+agent may not have settled yet. Failures the agent reports itself are
+not delayed, and a reconnect to the same boot does not start the grace
+period again. Too short a value reports guests that are slow to settle;
+too long a value leaves a guest that hangs right after boot unprotected
+for that long. 0 turns the grace period off.
 """,
     ),
     cfg.FloatOpt(
@@ -117,12 +118,13 @@ failing. 0 turns it off.
         min=1,
         max=100,
         help="""
-At most this many notifications per instance within
-``notification_window``; further failures are logged and counted but not
-sent until the window moves on. This stops a restart storm when a guest
-fails again after every recovery (VMware HA's default is 3 resets per
-hour). Lower values give up on a flapping guest sooner; higher values
-keep recovering it.
+At most this many notifications per instance within any sliding
+``notification_window``; a failure beyond that is logged and counted but
+not sent, and the instance stays failed until its agent says hello again
+(after a restart). This stops a restart storm when a guest fails again
+after every recovery (VMware HA's default is 3 resets per hour). Lower
+values give up on a flapping guest sooner; higher values keep recovering
+it.
 """,
     ),
     cfg.FloatOpt(
