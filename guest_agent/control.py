@@ -54,6 +54,7 @@ class _Client:
         self.sock = sock
         self.buf = bytearray()
         self.deadline = deadline
+        self.allowed = False
 
 
 class ControlServer:
@@ -142,16 +143,16 @@ class ControlServer:
         conn.setblocking(False)
         creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
         pid, uid, _gid = _UCRED.unpack(creds)
-        if not peer_allowed(uid, os.getuid()):
+        allowed = peer_allowed(uid, os.getuid())
+        if not allowed:
             LOG.warning("control socket: refused pid %s (uid %s)", pid, uid)
-            self._reply(conn, {"ok": False, "error": "permission denied: root only"})
-            conn.close()
-            return
         if len(self._clients) >= MAX_CLIENTS:
             self._reply(conn, {"ok": False, "error": "busy: too many clients"})
             conn.close()
             return
-        self._clients[conn.fileno()] = _Client(conn, self._clock() + CLIENT_TIMEOUT)
+        client = _Client(conn, self._clock() + CLIENT_TIMEOUT)
+        client.allowed = allowed  # refused after reading the request, so no reset
+        self._clients[conn.fileno()] = client
         self._reactor.add(conn.fileno(), POLLIN, self._on_client)
 
     def _on_client(self, fd: int, revents: int) -> None:
@@ -175,7 +176,10 @@ class ControlServer:
                 self._drop(fd)
             return
         line = bytes(client.buf.split(b"\n", 1)[0])
-        self._reply(client.sock, self._answer(line))
+        if client.allowed:
+            self._reply(client.sock, self._answer(line))
+        else:
+            self._reply(client.sock, {"ok": False, "error": "permission denied: root only"})
         self._drop(fd)
 
     def _answer(self, line: bytes) -> dict[str, Any]:
