@@ -14,7 +14,7 @@ import uuid
 
 import pytest
 
-from tests.host_relay.masakari_fixture import MasakariServer, MasakariUnavailable, start_server
+from devtools.masakari_server import MasakariServer, MasakariUnavailable, start_server
 
 
 @pytest.fixture(scope="session")
