@@ -1,4 +1,4 @@
-"""A real masakari-api on 127.0.0.1, run from its own virtualenv, for tests, the demo and benchmarks.
+"""A real masakari-api on 127.0.0.1, from its own virtualenv: for tests, demo and benchmarks.
 
 masakari is installed by ``scripts/test`` into ``$IIM_MASAKARI_VENV`` (default
 ``~/.cache/iim/masakari-venv``), never into iim's own environment.  The server runs

@@ -1,0 +1,208 @@
+"""The whole iim pipeline on one machine, on embedded defaults.
+
+What runs (all on 127.0.0.1 and UNIX sockets in a temporary directory):
+
+1. a real masakari-api from PyPI (sqlite, noauth2, ``notification_delay_max
+   = 0``), with a failover segment and this host registered in it;
+2. ``iim-relay``, watching a channel directory;
+3. a pty <-> UNIX socket bridge standing in for QEMU's virtio-serial chardev
+   of one instance (``devtools.ptybridge``);
+4. ``iim-agent``, watching a demo process through that pty.
+
+Then it kills the demo process and prints the notification as Masakari
+recorded it, with the time from the kill to the record.  ``--keep`` leaves
+everything running until Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Callable, Optional
+
+from devtools.masakari_server import MasakariServer, start_server
+
+BIN = Path(sys.executable).parent
+ROOT = Path(__file__).resolve().parent.parent
+WAIT_READY = 60.0  # the agent arms the relay within a few seconds here
+WAIT_RECORD = 30.0
+
+
+def say(text: str) -> None:
+    print(f"==> {text}", flush=True)
+
+
+def wait_for(what: str, predicate: Callable[[], object], timeout: float, step: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(step)
+    raise SystemExit(f"demo: timed out after {timeout:.0f} s waiting for {what}")
+
+
+class Demo:
+    def __init__(self, workdir: Path) -> None:
+        self.dir = workdir
+        self.procs: list[tuple[str, subprocess.Popen]] = []
+        self.server: Optional[MasakariServer] = None
+        self.instance = str(uuid.uuid4())
+        self.host = socket.gethostname() or "iim-demo-host"
+        self.relay_conf = self.dir / "iim-relay.conf"
+        self.agent_conf = self.dir / "agent.yaml"
+
+    def spawn(self, name: str, argv: list, log: str) -> subprocess.Popen:
+        out = open(self.dir / log, "ab")  # noqa: SIM115 - the child keeps it
+        env = dict(os.environ, PYTHONPATH=str(ROOT))  # for python -m devtools.ptybridge
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, cwd=self.dir, env=env)
+        out.close()
+        self.procs.append((name, proc))
+        return proc
+
+    def start_masakari(self) -> None:
+        say("starting a real masakari-api on 127.0.0.1 (sqlite, noauth2)")
+        self.server = start_server(self.dir / "masakari")
+        self.server.create_host(self.host)
+        say(f"masakari-api at {self.server.url}; segment {self.server.segment_uuid}, "
+            f"host {self.host!r} registered")
+
+    def start_relay(self) -> None:
+        (self.dir / "channels").mkdir()
+        self.relay_conf.write_text(
+            "[DEFAULT]\n"
+            f"host = {self.host}\n"
+            f"state_path = {self.dir / 'relay'}\n"
+            f"log_file = {self.dir / 'iim-relay.log'}\n"
+            "[channels]\n"
+            f"socket_dir = {self.dir / 'channels'}\n"
+            "[detector]\n"
+            "min_uptime = 2\n"
+            "[masakari]\n"
+            "auth_type = none\n"
+            f"endpoint = {self.server.url}\n"
+        )
+        say("starting iim-relay")
+        self.spawn("iim-relay", [str(BIN / "iim-relay"), "run", "--config-file",
+                                 str(self.relay_conf)], "iim-relay.out")
+
+    def start_guest(self) -> subprocess.Popen:
+        sock = self.dir / "channels" / f"{self.instance}.sock"
+        port = self.dir / "org.openstack.iim.0"
+        say(f"instance {self.instance}: pty bridge {port} <-> {sock} (stands in for QEMU)")
+        self.spawn("ptybridge", [sys.executable, "-m", "devtools.ptybridge", "--socket",
+                                 str(sock), "--link", str(port)], "ptybridge.log")
+        wait_for("the bridge's socket", sock.exists, 10)
+        # Like QEMU with the relay attached: start the guest once the host end is connected.
+        wait_for("the relay to connect to the channel",
+                 lambda: "host connected" in (self.dir / "ptybridge.log").read_text(), 30)
+        app = self.dir / "iim-demo-app"
+        shutil.copy(shutil.which("sleep") or "/bin/sleep", app)
+        victim = self.spawn("demo app", [str(app), "100000"], "demo-app.log")
+        self.agent_conf.write_text(
+            f"port: {port}\n"
+            "heartbeat_interval: 1s\n"
+            f"control_socket: {self.dir / 'iim-agent.sock'}\n"
+            "checks:\n"
+            "  - name: demo-app\n"
+            "    process: iim-demo-app\n"
+            "    grace: 0\n"
+        )
+        say(f"starting iim-agent, watching process 'iim-demo-app' (pid {victim.pid})")
+        self.spawn("iim-agent", [str(BIN / "iim-agent"), "run", "-c", str(self.agent_conf)],
+                   "iim-agent.log")
+        return victim
+
+    def relay_status(self) -> dict:
+        out = subprocess.run([str(BIN / "iim-relay"), "status", "--json", "--config-file",
+                              str(self.relay_conf)], capture_output=True, text=True, timeout=10)
+        return json.loads(out.stdout) if out.returncode == 0 and out.stdout.strip() else {}
+
+    def instance_state(self) -> str:
+        inst = self.relay_status().get("instances", {}).get(self.instance) or {}
+        return str((inst.get("detector") or {}).get("state", "")).lower()
+
+    def show(self, title: str, argv: list) -> None:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+        say(title)
+        print(out.stdout.rstrip() or out.stderr.rstrip(), flush=True)
+
+    def run(self) -> float:
+        self.start_masakari()
+        self.start_relay()
+        victim = self.start_guest()
+        wait_for("the relay to arm the instance's detector",
+                 lambda: self.instance_state() == "armed", WAIT_READY, 0.2)
+        say("the relay has the agent's hello and heartbeats: detector armed")
+        self.show("iim-agent status", [str(BIN / "iim-agent"), "status", "-c",
+                                       str(self.agent_conf)])
+        say(f"killing the demo app (kill -9 {victim.pid})")
+        t_kill = time.time()
+        victim.kill()
+        found = wait_for("Masakari to record the notification",
+                         lambda: self.server.notifications_for(self.instance), WAIT_RECORD, 0.02)
+        t_seen = time.time()
+        say("Masakari recorded (GET /v1/notifications):")
+        print(json.dumps(found[0], indent=2, sort_keys=True), flush=True)
+        self.show("iim-relay status", [str(BIN / "iim-relay"), "status", "--config-file",
+                                       str(self.relay_conf)])
+        elapsed = t_seen - t_kill
+        say(f"kill -> notification visible in GET /v1/notifications: {elapsed * 1000:.0f} ms "
+            "(an upper bound: this demo polls the API every 20 ms)")
+        return elapsed
+
+    def cleanup(self) -> None:
+        for _name, proc in reversed(self.procs):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for _name, proc in reversed(self.procs):
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+        if self.server is not None:
+            self.server.stop()
+
+
+def main(argv: Optional[list] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--keep", action="store_true",
+                        help="leave everything running until Ctrl-C, and keep the directory")
+    args = parser.parse_args(argv)
+    workdir = Path(tempfile.mkdtemp(prefix="iim-demo-"))
+    demo = Demo(workdir)
+    try:
+        demo.run()
+        if args.keep:
+            say(f"running on; logs and configs in {workdir}; try: "
+                f"{BIN / 'iim-relay'} status --config-file {demo.relay_conf}")
+            say("Ctrl-C to stop")
+            try:
+                signal.pause()
+            except KeyboardInterrupt:
+                pass
+    except BaseException:
+        print(f"demo: failed; logs are in {workdir}", file=sys.stderr)
+        args.keep = True
+        raise
+    finally:
+        demo.cleanup()
+        if not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
