@@ -1,0 +1,229 @@
+"""The ``iim-relay`` command: run the relay, or ask a running one for its status.
+
+Entry points stay thin: they read the configuration once, build the parts
+with plain values and hand them to :class:`host_relay.service.Relay`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any, Optional
+
+import click
+
+import iim_protocol
+
+LOG = logging.getLogger(__name__)
+
+EXIT_CONFIG = 2
+
+_CONFIG_HELP = ("Configuration file (oslo.config INI); may be given more than once, "
+                "later files override earlier ones.  Without it the usual "
+                "/etc/iim/iim-relay.conf is read if present.")
+
+
+def _conf_argv(config_files: Iterable[str]) -> list[str]:
+    argv: list[str] = []
+    for path in config_files:
+        argv += ["--config-file", path]
+    return argv
+
+
+def _load(config_files: Sequence[str]):
+    """(conf, settings) or exit 2 with the operator message on stderr."""
+    from host_relay import conf as relay_conf
+
+    try:
+        conf = relay_conf.load(_conf_argv(config_files))
+        settings = relay_conf.settings_from(conf)
+    except relay_conf.ConfigError as exc:
+        click.echo(f"iim-relay: configuration error: {exc}", err=True)
+        sys.exit(EXIT_CONFIG)
+    return conf, settings
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(iim_protocol.__version__, prog_name="iim-relay")
+def cli() -> None:
+    """iim-relay: intrusive instance monitoring for OpenStack Masakari, compute-host side.
+
+    The relay connects to every instance's guest channel (a UNIX socket
+    <socket_dir>/<instance-uuid>.sock that QEMU listens on), runs a failure
+    detector per instance, and reports failed instances to Masakari through a
+    durable outbox.
+
+    \b
+    Commands:
+      run      run the relay in the foreground (as systemd starts it)
+      status   show what a running relay sees
+
+    \b
+    Example:
+      iim-relay run --config-file /etc/iim/iim-relay.conf
+      iim-relay status
+    """
+
+
+@cli.command()
+@click.option("--config-file", "config_files", multiple=True, metavar="FILE", help=_CONFIG_HELP)
+def run(config_files: Sequence[str]) -> None:
+    """Run the relay in the foreground until SIGTERM or SIGINT.
+
+    Reads the configuration, opens the outbox in [DEFAULT] state_path, watches
+    [channels] socket_dir for instance channels and delivers notifications to
+    Masakari as configured in [masakari].  On SIGTERM it stops watching,
+    closes the channels, gives an in-flight delivery up to shutdown_grace
+    seconds, and exits 0; undelivered notifications stay in the outbox.
+
+    Exit status: 0 after a clean shutdown, 2 for a configuration error, 1 for
+    any other start-up failure (for example another relay already running).
+
+    \b
+    Example:
+      iim-relay run --config-file /etc/iim/iim-relay.conf
+    """
+    from host_relay import conf as relay_conf
+
+    conf, settings = _load(config_files)
+    relay_conf.setup_logging(conf)
+    try:
+        asyncio.run(_run(conf, settings, relay_conf.detector_config_from(conf)))
+    except Exception as exc:  # noqa: BLE001 - start-up failures end with one clear line
+        LOG.exception("iim-relay failed")
+        click.echo(f"iim-relay: {exc}", err=True)
+        sys.exit(1)
+
+
+async def _run(conf: Any, settings: Any, detector_config: dict[str, Any]) -> None:
+    from host_relay.conf.masakari import GROUP
+    from host_relay.masakari_client import client_from_conf
+    from host_relay.outbox import Outbox
+    from host_relay.sender import Sender
+    from host_relay.service import Relay
+
+    os.makedirs(settings.state_path, mode=0o700, exist_ok=True)
+    outbox = Outbox(settings.outbox_path)
+    d = settings.delivery
+    client = client_from_conf(conf, GROUP, read_timeout=d.request_timeout)
+    sender = Sender(outbox, client, backoff_initial=d.backoff_initial,
+                    backoff_max=d.backoff_max, jitter=d.jitter)
+    relay = Relay(settings, detector_config, outbox, sender,
+                  clock=time.monotonic, wall_clock=time.time)
+    shutdown = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, _on_signal, sig, shutdown)
+    try:
+        await relay.run(shutdown)
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+
+
+def _on_signal(sig: int, shutdown: asyncio.Event) -> None:
+    LOG.info("Received %s; shutting down", signal.Signals(sig).name)
+    shutdown.set()
+
+
+@cli.command()
+@click.option("--config-file", "config_files", multiple=True, metavar="FILE", help=_CONFIG_HELP)
+@click.option("--control-socket", metavar="PATH",
+              help="Control socket of the relay (default: <state_path>/control.sock).")
+@click.option("--json", "as_json", is_flag=True, help="Print the raw status as JSON.")
+def status(config_files: Sequence[str], control_socket: Optional[str], as_json: bool) -> None:
+    """Show what the running relay sees, per instance and for delivery.
+
+    Asks the relay on this host over its control socket (root or the relay's
+    user only).  Per instance: channel state, age of the last heartbeat,
+    detector state, the last failure reported and its delivery state.  Then
+    the outbox (queued notifications, age of the oldest, dead letters) and
+    frames the guests sent that were rejected.
+
+    Exit status: 0, or 1 when no relay answers.
+
+    \b
+    Example:
+      iim-relay status
+      iim-relay status --json | jq '.outbox'
+    """
+    from host_relay.control import ControlError, request
+
+    if control_socket is None:
+        _, settings = _load(config_files)
+        control_socket = settings.control_socket
+    try:
+        snap = request(control_socket, {"cmd": "status"})
+    except ControlError as exc:
+        click.echo(f"iim-relay: {exc}", err=True)
+        sys.exit(1)
+    if as_json:
+        click.echo(json.dumps(snap, indent=2, sort_keys=True, default=str))
+    else:
+        click.echo(format_status(snap))
+
+
+def _age(value: Any) -> str:
+    if value is None:
+        return "-"
+    value = float(value)
+    if value < 120:
+        return f"{value:.1f}s"
+    if value < 7200:
+        return f"{value / 60:.0f}m"
+    return f"{value / 3600:.1f}h"
+
+
+def format_status(snap: dict[str, Any]) -> str:
+    """The human-readable status table."""
+    lines = [f"iim-relay {snap.get('version')} on {snap.get('host')} "
+             f"(pid {snap.get('pid')}, up {_age(snap.get('uptime'))})", ""]
+    rows = [("INSTANCE", "CHANNEL", "HEARTBEAT", "DETECTOR", "LAST FAILURE", "DELIVERY")]
+    bad = []
+    for uuid, inst in sorted(snap.get("instances", {}).items()):
+        ch = inst.get("channel", {})
+        chan = ch.get("state", "?")
+        if ch.get("next_retry_in") is not None:
+            chan += f" (retry {_age(ch['next_retry_in'])})"
+        det = inst.get("detector") or {}
+        fail = inst.get("last_failure") or {}
+        failure = f"{fail.get('kind')} {_age(fail.get('age'))} ago" if fail else "-"
+        rows.append((uuid, chan, _age(inst.get("last_heartbeat_age")),
+                     str(det.get("state", "?")), failure, fail.get("state", "-") if fail else "-"))
+        dec = inst.get("decoder", {})
+        thr = inst.get("throttle", {})
+        if dec.get("bytes_skipped") or dec.get("frames_rejected") or thr.get("seconds"):
+            reasons = ", ".join(f"{k}={v}" for k, v in sorted(dec.get("rejected", {}).items()))
+            bad.append(f"  {uuid}: {dec.get('bytes_skipped', 0)} bytes skipped, "
+                       f"{dec.get('frames_rejected', 0)} frames rejected"
+                       + (f" ({reasons})" if reasons else "")
+                       + (f", throttled {thr.get('seconds')}s" if thr.get("seconds") else ""))
+    if len(rows) == 1:
+        lines.append("No instance channels found in " + str(snap.get("socket_dir")))
+    else:
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        for r in rows:
+            lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    ob = snap.get("outbox", {})
+    oldest = _age(ob.get("oldest_queued_age"))
+    lines += ["", f"Outbox: {ob.get('depth', '?')} queued, oldest {oldest}, "
+              f"{ob.get('retrying', 0)} retrying, {ob.get('dead', '?')} dead letters"]
+    if bad:
+        lines += ["", "Rejected input:"] + bad
+    if snap.get("ignored_files"):
+        lines += ["", "Ignored files: " + ", ".join(snap["ignored_files"])]
+    return "\n".join(lines)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    cli.main(args=argv, prog_name="iim-relay")
+
+
+if __name__ == "__main__":
+    main()
