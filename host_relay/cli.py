@@ -93,8 +93,14 @@ def run(config_files: Sequence[str]) -> None:
 
     conf, settings = _load(config_files)
     relay_conf.setup_logging(conf)
+    from host_relay.control import ControlError
+
     try:
         asyncio.run(_run(conf, settings, relay_conf.detector_config_from(conf)))
+    except ControlError as exc:  # another relay is running: no traceback needed
+        LOG.error("%s", exc)
+        click.echo(f"iim-relay: {exc}", err=True)
+        sys.exit(1)
     except Exception as exc:  # noqa: BLE001 - start-up failures end with one clear line
         LOG.exception("iim-relay failed")
         click.echo(f"iim-relay: {exc}", err=True)
