@@ -455,7 +455,7 @@ class Detector:
         cfg = self.config
         floor = max(self._watch_from, self._hold_until)
         hang = max(self._base + cfg.missed_heartbeats * self._interval, floor)
-        if state is State.ARMED:
+        if state is State.ARMED and cfg.missed_heartbeats > 1:
             last = max(self._base + (cfg.missed_heartbeats - 1) * self._interval, floor)
             if last < hang:
                 return last, Input.LAST_INTERVAL
@@ -817,6 +817,16 @@ class Detector:
     def _on_cooldown_expired(self, at: float, inp: Input, msg: None) -> State:
         self._cooldown_until = None
         inc = self._incident
+        if self._departed_in_cooldown:
+            # The agent stopped on purpose after the failure (often: Masakari
+            # shut the guest down to restart it): wait for its hello, as after
+            # any goodbye; status still shows the incident.
+            self._log(
+                logging.INFO,
+                "instance %s: cooldown over; the agent said goodbye, waiting for its hello",
+                self.instance_uuid,
+            )
+            return State.DEPARTED
         if inc is not None and inc.open:
             self._log(
                 logging.WARNING,
@@ -825,7 +835,5 @@ class Detector:
                 self.instance_uuid, inc.kind,
             )
             return State.FAILED
-        if self._departed_in_cooldown:
-            return State.DEPARTED
         self._log(logging.INFO, "instance %s: cooldown over; monitoring again", self.instance_uuid)
         return self._watch(at)
