@@ -110,6 +110,8 @@ class ControlServer:
                 response = await self._answer(reader)
             writer.write(json.dumps(response, default=str).encode() + b"\n")
             await asyncio.wait_for(writer.drain(), _CLIENT_TIMEOUT)
+        except (ConnectionError, asyncio.TimeoutError) as exc:
+            LOG.debug("Control socket: client went away: %s", exc)
         except Exception:  # noqa: BLE001 - a bad client never harms the relay
             LOG.exception("Control socket: client failed")
         finally:
@@ -118,6 +120,8 @@ class ControlServer:
     async def _answer(self, reader: asyncio.StreamReader) -> dict[str, Any]:
         try:
             line = await asyncio.wait_for(reader.readline(), _CLIENT_TIMEOUT)
+            if not line:
+                raise ConnectionResetError("closed without a request")
             request = json.loads(line)
         except (ValueError, asyncio.LimitOverrunError, asyncio.TimeoutError) as exc:
             return {"error": f"bad request: {exc}"}

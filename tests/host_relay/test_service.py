@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import socket
 import stat
 
 import pytest
@@ -41,7 +42,7 @@ def make_relay(state_dir: str, grace: float = 2.0):
 
 
 async def ask(settings: RelaySettings, payload: dict) -> dict:
-    return await asyncio.to_thread(control.request, settings.control_socket, payload, 2.0)
+    return await asyncio.to_thread(control.request, settings.control_socket, payload, 5.0)
 
 
 class Running:
@@ -54,8 +55,19 @@ class Running:
 
     async def __aenter__(self) -> Relay:
         self.task = asyncio.create_task(self.relay.run(self.shutdown))
-        await wait_until(lambda: os.path.exists(self.relay.settings.control_socket), 2.0)
+        await wait_until(lambda: self.relay._supervisor.running("discovery"), 2.0)
+        await wait_until(self._answers, 2.0)
         return self.relay
+
+    def _answers(self) -> bool:
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(self.relay.settings.control_socket)
+            return True
+        except OSError:
+            return False
+        finally:
+            probe.close()
 
     async def __aexit__(self, *exc) -> None:
         self.shutdown.set()
