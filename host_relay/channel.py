@@ -164,7 +164,15 @@ class ChannelConnection:
             self._cancel_timer()
 
     def close(self) -> None:
-        """Stop acting on this channel's events (call before cancelling run())."""
+        """Stop acting on this channel's events (call before cancelling run()).
+
+        The detector may outlive this connection (a re-created socket gets the
+        same detector), so it is told the channel closed: a close is never a
+        failure, and its hang timer must not run on a dead connection.
+        """
+        if self._connected and not self._closing:
+            self._connected = False
+            self._safe_detector_call("channel_closed")
         self._closing = True
         self._cancel_timer()
 

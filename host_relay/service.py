@@ -28,6 +28,7 @@ LOG = logging.getLogger(__name__)
 _RESTART_INITIAL = 1.0
 _RESTART_MAX = 30.0
 _RESTART_STABLE = 60.0  # a part that ran this long restarts from the initial delay
+_FORGET_DETECTOR_AFTER = 3600.0  # without a notification window in the detector config
 
 
 class Supervisor:
@@ -129,6 +130,16 @@ class Relay:
         self._clock = clock
         self._wall_clock = wall_clock
         self.channels: dict[str, ChannelConnection] = {}
+        # Detectors outlive their channel: QEMU re-creates the socket when
+        # Masakari restarts the instance, and the cooldown and restart-storm
+        # history must survive that.  A detector whose socket has been gone for
+        # a whole notification window is forgotten (bounded memory).
+        self._detectors: dict[str, Any] = {}
+        self._gone_since: dict[str, float] = {}
+        window = (detector_config.get("notification_window")
+                  if isinstance(detector_config, dict)
+                  else getattr(detector_config, "notification_window", None))
+        self._forget_after = float(window or _FORGET_DETECTOR_AFTER)
         self._supervisor = Supervisor(clock)
         self._discovery: Optional[Discovery] = None
         self._control = ControlServer(settings.control_socket, self.handle_request)
@@ -190,9 +201,9 @@ class Relay:
         if old is not None:  # a new socket for the same instance replaces the old one
             old.close()
         now = self._clock()
-        detector = self._detector_factory(uuid, self._detector_config, now)
         conn = ChannelConnection(
-            uuid, path, self.settings.channels, detector, self.outbox, self.sender,
+            uuid, path, self.settings.channels, self._detector_for(uuid, now), self.outbox,
+            self.sender,
             self.settings.host, clock=self._clock, wall_clock=self._wall_clock,
         )
         self.channels[uuid] = conn
@@ -201,6 +212,18 @@ class Relay:
             asyncio.get_running_loop().create_task(self._restart(name, conn))
         else:
             self._supervisor.spawn(name, conn.run)
+
+    def _detector_for(self, uuid: str, now: float) -> Any:
+        for gone_uuid, since in list(self._gone_since.items()):
+            if now - since >= self._forget_after:
+                del self._gone_since[gone_uuid]
+                self._detectors.pop(gone_uuid, None)
+        self._gone_since.pop(uuid, None)
+        detector = self._detectors.get(uuid)
+        if detector is None:
+            detector = self._detector_factory(uuid, self._detector_config, now)
+            self._detectors[uuid] = detector
+        return detector
 
     async def _restart(self, name: str, conn: ChannelConnection) -> None:
         await self._supervisor.stop(name)
@@ -212,6 +235,7 @@ class Relay:
         if conn is None:
             return
         conn.close()
+        self._gone_since[uuid] = self._clock()
         asyncio.get_running_loop().create_task(self._supervisor.stop(f"channel {uuid}"))
 
     # -- status -------------------------------------------------------------

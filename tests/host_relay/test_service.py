@@ -129,6 +129,35 @@ def test_sockets_come_and_go_without_restart_and_status_shows_them(state_dir) ->
     asyncio.run(main())
 
 
+def test_recreated_socket_keeps_the_instance_detector(state_dir) -> None:
+    """Masakari restarting the instance re-creates QEMU's socket: its cooldown must hold."""
+    relay, settings = make_relay(state_dir)
+    sock_dir = settings.channels.socket_dir
+    hello = Hello(protocol_version=1, agent_version="9.9", boot_id="b", heartbeat_interval=5.0)
+
+    async def main() -> None:
+        async with Running(relay):
+            g = await FakeGuest(sock_dir, UUID_A).start()
+            await g.wait_connected()
+            await g.send(hello, Failure(seq=1, check="db", reason="down"))
+            await wait_until(lambda: relay.outbox.stats(0)["depth"] == 1, 2.0)
+            first = relay.channels[UUID_A].detector
+            await g.stop()  # QEMU goes away with the old process...
+            await wait_until(lambda: UUID_A not in relay.channels, 2.0)
+            g = await FakeGuest(sock_dir, UUID_A).start()  # ...and a new one listens
+            await g.wait_connected()
+            assert relay.channels[UUID_A].detector is first
+            await g.send(hello, Failure(seq=1, check="db", reason="down again"))
+            await wait_until(
+                lambda: relay.channels[UUID_A].decoder.stats.frames_ok == 2, 2.0)
+            snap = first.snapshot(relay._clock())
+            assert snap["state"] == "cooldown"
+            assert relay.outbox.stats(0)["depth"] == 1  # still one: the cooldown held
+            await g.stop()
+
+    asyncio.run(main())
+
+
 def test_shutdown_runs_in_order_and_lets_the_sender_finish(state_dir, caplog) -> None:
     relay, settings = make_relay(state_dir)
 
