@@ -70,11 +70,13 @@ cost memory per channel.
         min=1024,
         max=16 * 1024 * 1024,
         help="""
-Per-channel byte budget per second. Bytes beyond it are dropped unread
-and counted, so a misbehaving or hostile guest cannot make the relay
-spend its CPU and memory on one channel. An honest agent sends a few
-hundred bytes per heartbeat; too low a value starves heartbeats and
-causes false alarms.
+Per-channel byte budget per second. Over budget, the relay stops
+reading that channel until the budget refills (counted as throttling in
+status): the socket buffer fills and QEMU holds back that guest only, so
+a misbehaving or hostile guest cannot make the relay spend its CPU on one
+channel. Nothing already read is dropped. An honest agent sends a few
+hundred bytes per heartbeat; too low a value delays heartbeats and causes
+false alarms.
 """,
     ),
     cfg.IntOpt(
@@ -83,11 +85,12 @@ causes false alarms.
         min=10,
         max=10000,
         help="""
-Per-channel frame budget per second. Frames beyond it are counted and
-ignored. An honest agent sends one heartbeat per interval (at most 10
-per second) plus the occasional event; too low a value drops heartbeats
-and causes false alarms, too high a value lets one guest keep the relay
-busy.
+Per-channel frame budget per second. Over budget, the relay stops
+reading that channel until the budget refills (counted as throttling in
+status); frames already read are still handled, never dropped. An honest
+agent sends one heartbeat per interval (at most 10 per second) plus the
+occasional event; too low a value delays heartbeats and causes false
+alarms, too high a value lets one guest keep the relay busy.
 """,
     ),
 ]

@@ -93,8 +93,8 @@ Longest maintenance pause, in seconds, a guest may request: while
 paused, the relay sends no notification for the instance. A longer
 request is shortened to this, and monitoring resumes when it expires.
 Higher values let guest owners cover long maintenance windows; they also
-let a forgotten pause leave an instance unprotected for that long. 0
-ignores pause requests.
+let a forgotten pause leave an instance unprotected for that long. With
+0 a pause request ends at once (it is logged as clamped).
 """,
     ),
     cfg.FloatOpt(
