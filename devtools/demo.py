@@ -60,6 +60,9 @@ class Demo:
         self.instance = str(uuid.uuid4())
         self.host = socket.gethostname() or "iim-demo-host"
         self.relay_conf = self.dir / "iim-relay.conf"
+        # UNIX socket paths are limited to 107 bytes: sockets live in a short directory.
+        self.short = Path(tempfile.mkdtemp(prefix="iim-", dir="/tmp"))
+        self.channels = self.short / "ch"
         self.agent_conf = self.dir / "agent.yaml"
 
     def spawn(self, name: str, argv: list, log: str) -> subprocess.Popen:
@@ -79,14 +82,14 @@ class Demo:
             f"host {self.host!r} registered")
 
     def start_relay(self) -> None:
-        (self.dir / "channels").mkdir()
+        self.channels.mkdir()
         self.relay_conf.write_text(
             "[DEFAULT]\n"
             f"host = {self.host}\n"
-            f"state_path = {self.dir / 'relay'}\n"
+            f"state_path = {self.short / 'state'}\n"
             f"log_file = {self.dir / 'iim-relay.log'}\n"
             "[channels]\n"
-            f"socket_dir = {self.dir / 'channels'}\n"
+            f"socket_dir = {self.channels}\n"
             "[detector]\n"
             "min_uptime = 2\n"
             "[masakari]\n"
@@ -98,7 +101,7 @@ class Demo:
                                  str(self.relay_conf)], "iim-relay.out")
 
     def start_guest(self) -> subprocess.Popen:
-        sock = self.dir / "channels" / f"{self.instance}.sock"
+        sock = self.channels / f"{self.instance}.sock"
         port = self.dir / "org.openstack.iim.0"
         say(f"instance {self.instance}: pty bridge {port} <-> {sock} (stands in for QEMU)")
         self.spawn("ptybridge", [sys.executable, "-m", "devtools.ptybridge", "--socket",
@@ -113,7 +116,7 @@ class Demo:
         self.agent_conf.write_text(
             f"port: {port}\n"
             "heartbeat_interval: 1s\n"
-            f"control_socket: {self.dir / 'iim-agent.sock'}\n"
+            f"control_socket: {self.short / 'agent.sock'}\n"
             "checks:\n"
             "  - name: demo-app\n"
             "    process: iim-demo-app\n"
@@ -174,6 +177,7 @@ class Demo:
                 proc.wait(timeout=10)
         if self.server is not None:
             self.server.stop()
+        shutil.rmtree(self.short, ignore_errors=True)
 
 
 def main(argv: Optional[list] = None) -> int:
