@@ -16,7 +16,7 @@ from host_relay.detector import Detector, DetectorConfig
 from host_relay.outbox import Outbox
 from host_relay.settings import ChannelSettings
 from iim_protocol.codec import encode
-from iim_protocol.messages import Failure, Goodbye, Heartbeat, Hello
+from iim_protocol.messages import Failure, Goodbye, Heartbeat, Hello, Pause, Resume
 from tests.host_relay.relay_testing import FakeGuest, FakeSender, short_dir, wait_until
 
 UUID_A = "6d1c0a8e-1f2b-4c3d-8e9f-0a1b2c3d4e01"
@@ -154,7 +154,8 @@ def test_hang_is_detected_within_missed_intervals_plus_one_second(sock_dir, tmp_
             took = time.monotonic() - silent_since
             assert took >= (MISSED - 1) * INTERVAL  # not before the guest was late
             (entry,) = rig.entries(UUID_A)
-            assert entry.kind
+            assert entry.kind == "guest_hang"
+            assert entry.instance_uuid == UUID_A and entry.hostname == "compute-1"
         finally:
             await rig.close()
             await guest.stop()
@@ -175,6 +176,29 @@ def test_goodbye_then_silence_is_not_a_failure(sock_dir, tmp_path) -> None:
             await asyncio.sleep(MISSED * INTERVAL + 0.6)
             assert rig.entries(UUID_A) == []
             assert conn.detector.state.value == "departed"
+        finally:
+            await rig.close()
+            await guest.stop()
+
+    asyncio.run(main())
+
+
+def test_pause_suppresses_hang_and_failure_until_resume(sock_dir, tmp_path) -> None:
+    async def main() -> None:
+        rig = Rig(sock_dir, tmp_path)
+        guest = await FakeGuest(sock_dir, UUID_A).start()
+        conn = rig.channel(UUID_A)
+        try:
+            await guest.wait_connected()
+            await guest.send(hello(), Heartbeat(seq=1), Pause(duration=60.0, reason="backup"),
+                             Failure(seq=2, check="app", reason="stopped for backup"))
+            await wait_until(lambda: conn.decoder.stats.frames_ok == 4, timeout=1.0)
+            await asyncio.sleep(MISSED * INTERVAL + 0.6)  # silent well past the hang deadline
+            assert rig.entries(UUID_A) == []
+            assert conn.detector.state.value == "paused"
+            await guest.send(Resume())  # maintenance over: silence counts again
+            await wait_until(lambda: rig.entries(UUID_A), timeout=MISSED * INTERVAL + 1.0)
+            assert [e.kind for e in rig.entries(UUID_A)] == ["guest_hang"]
         finally:
             await rig.close()
             await guest.stop()
