@@ -25,8 +25,8 @@ LOG = logging.getLogger(__name__)
 EXIT_CONFIG = 2
 
 _CONFIG_HELP = ("Configuration file (oslo.config INI); may be given more than once, "
-                "later files override earlier ones.  Without it the usual "
-                "/etc/iim/iim-relay.conf is read if present.")
+                "later files override earlier ones.  Without it /etc/iim/relay.conf "
+                "(what the package installs) and /etc/iim/iim-relay.conf are read if present.")
 
 
 def _conf_argv(config_files: Iterable[str]) -> list[str]:
@@ -66,7 +66,7 @@ def cli() -> None:
 
     \b
     Example:
-      iim-relay run --config-file /etc/iim/iim-relay.conf
+      iim-relay run --config-file /etc/iim/relay.conf
       iim-relay status
     """
 
@@ -87,7 +87,7 @@ def run(config_files: Sequence[str]) -> None:
 
     \b
     Example:
-      iim-relay run --config-file /etc/iim/iim-relay.conf
+      iim-relay run --config-file /etc/iim/relay.conf
     """
     from host_relay import conf as relay_conf
 
@@ -113,6 +113,7 @@ async def _run(conf: Any, settings: Any, detector_config: dict[str, Any]) -> Non
     from host_relay.outbox import Outbox
     from host_relay.sender import Sender
     from host_relay.service import Relay
+    from host_relay.systemd import notify, watchdog_interval
 
     os.makedirs(settings.state_path, mode=0o700, exist_ok=True)
     outbox = Outbox(settings.outbox_path)
@@ -121,7 +122,8 @@ async def _run(conf: Any, settings: Any, detector_config: dict[str, Any]) -> Non
     sender = Sender(outbox, client, backoff_initial=d.backoff_initial,
                     backoff_max=d.backoff_max, jitter=d.jitter)
     relay = Relay(settings, detector_config, outbox, sender,
-                  clock=time.monotonic, wall_clock=time.time)
+                  clock=time.monotonic, wall_clock=time.time,
+                  notify=notify, watchdog_interval=watchdog_interval())
     shutdown = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -108,10 +108,12 @@ class Discovery:
         socket_dir: str,
         on_added: Callable[[str, str], None],
         on_removed: Callable[[str], None],
+        on_scanned: Optional[Callable[[], None]] = None,
     ) -> None:
         self.socket_dir = socket_dir
         self._on_added = on_added
         self._on_removed = on_removed
+        self._on_scanned = on_scanned  # after each start's first scan: the relay is ready
         self.known: dict[str, str] = {}
         self.ignored: set[str] = set()
         self._inotify: Optional[Inotify] = None
@@ -128,6 +130,8 @@ class Discovery:
             loop.add_reader(self._inotify.fd, self._on_readable)
             LOG.info("Watching %s for instance channels", self.socket_dir)
             self.scan()
+            if self._on_scanned is not None:
+                self._on_scanned()
             await self._lost
         finally:
             if self._inotify.fd >= 0:

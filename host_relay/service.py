@@ -115,6 +115,8 @@ class Relay:
         wall_clock: Callable[[], float] = time.time,
         *,
         detector_factory: Optional[Callable[[str, Any, float], Any]] = None,
+        notify: Optional[Callable[[str], Any]] = None,
+        watchdog_interval: Optional[float] = None,
     ) -> None:
         if detector_factory is None:
             from host_relay.detector import Detector, DetectorConfig
@@ -146,6 +148,11 @@ class Relay:
         self._sender_stop: Optional[asyncio.Event] = None
         self._started_at: Optional[float] = None
         self.stopping = False
+        # systemd (host_relay.systemd): READY=1 once the outbox is open and the
+        # channel directory scanned, WATCHDOG=1 from this loop, STOPPING=1.
+        self._notify = notify or (lambda state: False)
+        self._watchdog_interval = watchdog_interval
+        self.ready = asyncio.Event()
 
     # -- running ------------------------------------------------------------
 
@@ -158,8 +165,11 @@ class Relay:
                  iim_protocol.__version__, s.host, s.channels.socket_dir, s.state_path)
         sup = self._supervisor
         self._sender_stop = asyncio.Event()
-        self._discovery = Discovery(s.channels.socket_dir, self._add_channel, self._remove_channel)
+        self._discovery = Discovery(s.channels.socket_dir, self._add_channel, self._remove_channel,
+                                    self._on_scanned)
         try:
+            if self._watchdog_interval:
+                sup.spawn("watchdog", self._feed_watchdog)
             sup.spawn("control", self._control.serve)
             sup.spawn("sender", lambda: self.sender.run(self._sender_stop))
             sup.spawn("discovery", self._discovery.run)
@@ -168,8 +178,22 @@ class Relay:
         finally:
             await self._shutdown()
 
+    def _on_scanned(self) -> None:
+        if self.ready.is_set():
+            return  # discovery restarted after a crash: systemd knows already
+        self.ready.set()
+        self._notify(f"READY=1\nSTATUS=watching {len(self.channels)} instance channels in "
+                     f"{self.settings.channels.socket_dir}")
+
+    async def _feed_watchdog(self) -> None:
+        assert self._watchdog_interval is not None
+        while True:
+            self._notify("WATCHDOG=1")
+            await asyncio.sleep(self._watchdog_interval / 2)
+
     async def _shutdown(self) -> None:
         self.stopping = True
+        self._notify("STOPPING=1\nSTATUS=shutting down")
         grace = self.settings.shutdown_grace
         sup = self._supervisor
         LOG.info("Shutdown 1/5: stopping discovery")
