@@ -448,6 +448,19 @@ def check(conf: cfg.ConfigOpts, files: Sequence[_File] = ()) -> None:
 # --- the entry point ---------------------------------------------------------------------------
 
 
+def find_default_config_files() -> list[str]:
+    """The files read without --config-file, each only if present, later ones overriding.
+
+    /etc/iim/relay.conf (the packaged file), then what oslo's usual search
+    finds for project ``iim`` and program ``iim-relay`` (``/etc/iim/iim.conf``,
+    ``/etc/iim/iim-relay.conf``, or the same under ``~/.iim``).
+    """
+    found = cfg.find_config_files(project=PROJECT, prog=PROG)
+    if os.path.isfile(PACKAGED_CONFIG_FILE):
+        found = [PACKAGED_CONFIG_FILE] + [f for f in found if f != PACKAGED_CONFIG_FILE]
+    return found
+
+
 def load(
     argv: Sequence[str],
     default_config_files: list[str] | None = None,
@@ -457,16 +470,19 @@ def load(
     """Parse ``argv`` (without the program name) and the config files into ``conf``.
 
     ``conf`` defaults to the global ``cfg.CONF``; tests pass :func:`new_conf`.
-    ``default_config_files`` of None means oslo's search for the project
-    ``iim`` and program ``iim-relay`` (``/etc/iim/iim-relay.conf``,
-    ``/etc/iim/iim.conf``, ``~/.iim/...`` and their ``.conf.d`` directories);
-    a list means exactly those files and no default directories.
+    ``default_config_files`` of None means :func:`find_default_config_files`
+    (``/etc/iim/relay.conf``, then oslo's search for ``/etc/iim/iim.conf``,
+    ``/etc/iim/iim-relay.conf``, ``~/.iim/...``) and oslo's ``.conf.d``
+    directories; a list means exactly those files and no default directories.
 
     Raises ConfigError naming every problem found; ``--help`` and ``--version``
     exit through SystemExit as usual.  Warnings about unknown sections and
     options are kept for :func:`config_warnings` and :func:`setup_logging`.
     """
     conf = cfg.CONF if conf is None else conf
+    search = default_config_files is None
+    if search:
+        default_config_files = find_default_config_files()
     register_all(conf)
     previous = conf.__dict__.pop(_PLUGIN_ATTR, None)
     if previous is not None:  # loaded before, maybe with another auth_type: start over
@@ -479,7 +495,7 @@ def load(
             prog=PROG,
             version=iim_protocol.__version__,
             default_config_files=default_config_files,
-            default_config_dirs=None if default_config_files is None else [],
+            default_config_dirs=None if search else [],
             validate_default_values=True,
         )
     except cfg.ConfigFilesNotFoundError as exc:
