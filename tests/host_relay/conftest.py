@@ -6,6 +6,9 @@
   it (tests may ``stop()``/``start()`` it to simulate an outage).
 - ``masakari_host`` (function): a compute host name registered in the segment, fresh
   for each test, so notifications and 409 duplicates never leak between tests.
+- ``libvirtd`` (session): a private libvirtd + QEMU (TCG) run as ``nobody`` for
+  ``qemu:///session`` (see libvirt_fixture.py); fails with the reason when it cannot run.
+- ``libvirt_domains`` (function): that daemon, plus a list of domains removed after the test.
 """
 
 from __future__ import annotations
@@ -15,6 +18,12 @@ import uuid
 import pytest
 
 from devtools.masakari_server import MasakariServer, MasakariUnavailable, start_server
+from tests.host_relay.libvirt_fixture import (
+    LibvirtDaemon,
+    LibvirtUnavailable,
+    start_daemon,
+    stop_daemon,
+)
 
 
 @pytest.fixture(scope="session")
@@ -45,3 +54,28 @@ def masakari_host(masakari: MasakariServer) -> str:
     name = f"compute-{uuid.uuid4().hex[:8]}"
     masakari.create_host(name)
     return name
+
+
+@pytest.fixture(scope="session")
+def libvirtd() -> LibvirtDaemon:
+    try:
+        daemon = start_daemon()
+    except LibvirtUnavailable as exc:
+        problem = str(exc)
+    else:
+        problem = None
+    if problem is not None:  # a clear failure, never a silent skip
+        pytest.fail(f"cannot run a private libvirtd: {problem}", pytrace=False)
+    try:
+        yield daemon
+    finally:
+        stop_daemon(daemon)
+
+
+@pytest.fixture
+def libvirt_domains(libvirtd: LibvirtDaemon):
+    """``(daemon, domains)``: append every domain you create; they are removed afterwards."""
+    domains: list = []
+    yield libvirtd, domains
+    for dom in domains:
+        libvirtd.remove(dom)
