@@ -32,7 +32,9 @@ LOG = logging.getLogger(__name__)
 
 DEFAULT_CONFIG_PATH = "/etc/iim/agent.yaml"
 DEFAULT_PORT = "/dev/virtio-ports/org.openstack.iim.0"
-DEFAULT_CONTROL_SOCKET = "/run/iim-agent.sock"
+# In its own directory: the systemd unit makes it with RuntimeDirectory= (ProtectSystem=strict
+# leaves /run itself read-only); outside systemd ControlServer creates it.
+DEFAULT_CONTROL_SOCKET = "/run/iim-agent/control.sock"
 DEFAULT_HEARTBEAT_INTERVAL = 1.0
 DEFAULT_RESCAN_INTERVAL = 5.0
 # A process_iter pass costs ~15 ms per 300 processes: every 0.5 s is 3 % of a core.
