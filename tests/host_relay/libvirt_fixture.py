@@ -61,7 +61,9 @@ class DomainSpec:
     ``agent_channel`` mimics ``hw_qemu_guest_agent=yes``: a unix channel named
     org.qemu.guest_agent.0, which makes libvirt add the virtio-serial
     controller the hot-plug needs.  ``serial_ports`` mimics
-    ``hw_serial_port_count`` with ``<serial type='pty'>`` devices.
+    ``hw_serial_port_count`` with ``<serial type='pty'>`` devices.  ``disk``
+    is a raw image to boot from (see serial_guest.py); without one, SeaBIOS
+    finds nothing to boot and the vCPU idles.
     """
 
     name: str
@@ -69,6 +71,7 @@ class DomainSpec:
     agent_channel: bool = True
     serial_ports: int = 0
     memory_mib: int = 64
+    disk: str | None = None
 
     def __post_init__(self) -> None:
         if not 32 <= self.memory_mib <= 512:
@@ -85,6 +88,11 @@ def domain_xml(spec: DomainSpec, agent_dir: str) -> str:
         devices.append(
             f"<channel type='unix'><source mode='bind' path={quoteattr(path)}/>"
             f"<target type='virtio' name='{AGENT_CHANNEL}'/></channel>"
+        )
+    if spec.disk is not None:
+        devices.append(
+            "<disk type='file' device='disk'><driver name='qemu' type='raw'/>"
+            f"<source file={quoteattr(spec.disk)}/><target dev='sda' bus='sata'/></disk>"
         )
     for port in range(spec.serial_ports):
         devices.append(f"<serial type='pty'><target port='{port}'/></serial>")
@@ -262,6 +270,13 @@ class LibvirtDaemon:
         """A new, short directory QEMU (as nobody) can create sockets in."""
         self._counter += 1
         return _owned_dir(self.base, f"{prefix}{self._counter}", self.uid, self.gid)
+
+    def own_file(self, path: str, data: bytes) -> str:
+        """Write ``data`` to ``path`` (under :attr:`base`) as a file QEMU can open read-write."""
+        with open(path, "wb") as f:
+            f.write(data)
+        os.chown(path, self.uid, self.gid)
+        return path
 
     def define(self, spec: DomainSpec, agent_dir: str | None = None) -> libvirt.virDomain:
         """Define ``spec`` (persistent, not started); the agent socket dir defaults to a new one."""

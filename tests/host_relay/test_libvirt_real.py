@@ -9,24 +9,30 @@ virtio-serial controller cannot take the channel at all.
 from __future__ import annotations
 
 import os
+import select
 import socket
 import time
+import tty
 import uuid as uuidlib
 import xml.etree.ElementTree as ET
 
 import libvirt
 import pytest
 
+from iim_protocol.codec import Decoder
+from iim_protocol.messages import Heartbeat, Hello
 from tests.host_relay.libvirt_fixture import (
     AGENT_CHANNEL,
     IIM_CHANNEL,
     DomainSpec,
     channel_xml,
 )
+from tests.host_relay.serial_guest import agent_stream, boot_image
 
 pytestmark = pytest.mark.libvirt
 
 CONNECT_TIMEOUT = 5.0
+READ_TIMEOUT = 15.0  # SeaBIOS boots the sector in about 1 s under TCG
 
 
 def new_spec(**kw) -> DomainSpec:
@@ -128,3 +134,35 @@ def test_domain_without_virtio_serial_controller_cannot_take_the_channel(
         dom.attachDeviceFlags(channel_xml(path), libvirt.VIR_DOMAIN_AFFECT_LIVE)
     assert "no virtio-serial controllers are available" in str(err.value)
     assert not os.path.exists(path)
+
+
+def test_boot_sector_guest_writes_agent_frames_to_the_pty_of_serial_port_1(
+        libvirt_domains) -> None:
+    """The serial fallback's test guest: frames written by the VM arrive on the host pty."""
+    daemon, domains = libvirt_domains
+    spec = new_spec(agent_channel=False, serial_ports=2)
+    image = daemon.own_file(os.path.join(daemon.base, f"{spec.name}.img"),
+                            boot_image(agent_stream(count=40, interval=0.2)))
+    spec = DomainSpec(name=spec.name, uuid=spec.uuid, agent_channel=False, serial_ports=2,
+                      disk=image)
+    dom = daemon.start_domain(spec)
+    domains.append(dom)
+    root = ET.fromstring(dom.XMLDesc(0))
+    ptys = {s.find("target").get("port"): s.find("source").get("path")
+            for s in root.findall("./devices/serial")}
+
+    fd = os.open(ptys["1"], os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+    try:
+        tty.setraw(fd)
+        decoder, got = Decoder(), []
+        deadline = time.monotonic() + READ_TIMEOUT
+        while sum(isinstance(m, Heartbeat) for m in got) < 3:
+            assert time.monotonic() < deadline, f"only {got} within {READ_TIMEOUT}s"
+            if select.select([fd], [], [], 0.2)[0]:
+                got += decoder.feed(os.read(fd, 4096))
+    finally:
+        os.close(fd)
+    assert any(isinstance(m, Hello) and m.agent_version == "boot-sector" for m in got)
+    seqs = [m.seq for m in got if isinstance(m, Heartbeat)]
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+    assert decoder.stats.frames_rejected == 0
