@@ -94,6 +94,9 @@ def run(config_files: Sequence[str]) -> None:
     conf, settings = _load(config_files)
     relay_conf.setup_logging(conf)
     from host_relay.control import ControlError
+    from host_relay.limits import raise_nofile_limit
+
+    raise_nofile_limit()  # one descriptor per instance channel
 
     try:
         asyncio.run(_run(conf, settings, relay_conf.detector_config_from(conf)))
