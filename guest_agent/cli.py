@@ -102,6 +102,9 @@ def run(config_path: Optional[str], debug: bool) -> None:
     sends goodbye and exits 0; SIGHUP re-reads the configuration (a broken
     file is logged and the running configuration kept).
 
+    Exit status: 0 after SIGTERM or SIGINT, 2 when the configuration is
+    invalid, 1 when the agent cannot start.
+
     \b
     Example:
       iim-agent run -c /etc/iim/agent.yaml --debug
@@ -214,7 +217,11 @@ def pause(config_path: Optional[str], duration: float, reason: str) -> None:
 
     The agent keeps watching and reporting, and tells the host to suppress
     Masakari notifications for DURATION.  The pause ends by itself, or with
-    `iim-agent resume`.
+    `iim-agent resume`.  The host may shorten it to its own maximum
+    ([detector] max_pause in iim-relay's configuration).
+
+    Exit status: 0; 2 for a bad --for, --reason or configuration file; 3 when
+    no agent is running.
 
     \b
     Example:
@@ -233,6 +240,12 @@ def pause(config_path: Optional[str], duration: float, reason: str) -> None:
 @config_option
 def resume(config_path: Optional[str]) -> None:
     """End a pause before it expires.
+
+    The host notifies Masakari about this instance again as soon as it
+    receives the resume.
+
+    Exit status: 0 (also when no pause was active); 2 for a bad configuration
+    file; 3 when no agent is running.
 
     \b
     Example:
