@@ -166,3 +166,25 @@ def test_pip_example_unit_is_the_packaged_unit_but_for_the_binary():
     assert ours == _directives(packaged), (
         "copy packaging/agent/iim-agent.service's directives into the pip example"
     )
+
+
+def test_package_url_example_names_the_files_packaging_build_makes(built):
+    text = (ROOT / "packaging" / "cloud-init" / "iim-agent-package-url.yaml").read_text()
+    named = set(re.findall(r"iim-agent[_-][\w.~+-]+\.(?:deb|rpm)", text))
+    assert named == {built.agent_deb.name, built.agent_rpm.name}
+
+
+def test_repository_example_installs_the_package_packaging_builds():
+    nfpm = yaml.safe_load((ROOT / "packaging" / "iim-agent.yaml").read_text())
+    doc = _load(ROOT / "packaging" / "cloud-init" / "iim-agent-repo.yaml")
+    assert doc["packages"] == [nfpm["name"]]
+    unit = Path(next(c["dst"] for c in nfpm["contents"] if c["dst"].endswith(".service")))
+    assert f"systemctl, enable, --now, {unit.name}" in (
+        ROOT / "packaging" / "cloud-init" / "iim-agent-repo.yaml").read_text()
+
+
+def test_pip_example_installs_this_version():
+    import iim_protocol
+
+    text = (ROOT / "packaging" / "cloud-init" / "iim-agent-pip.yaml").read_text()
+    assert re.findall(r"iim-([\d.]+)-py3-none-any\.whl", text) == [iim_protocol.__version__]
