@@ -30,7 +30,12 @@ from oslo_log import log as logging
 import iim_protocol
 from host_relay.conf import masakari
 from host_relay.conf.opts import MODULES
-from host_relay.settings import ChannelSettings, DeliverySettings, RelaySettings
+from host_relay.settings import (
+    ChannelSettings,
+    DeliverySettings,
+    MetricsSettings,
+    RelaySettings,
+)
 
 PROJECT = "iim"
 PROG = "iim-relay"
@@ -581,6 +586,7 @@ def settings_from(conf: cfg.ConfigOpts) -> RelaySettings:
             jitter=ms.jitter,
             request_timeout=ms.request_timeout,
         ),
+        metrics=MetricsSettings(listen=conf.metrics.listen),
     )
 
 

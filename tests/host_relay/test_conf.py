@@ -122,7 +122,7 @@ def test_every_own_option_has_help():
 def test_entry_point_lists_the_same_options():
     (ep,) = [e for e in entry_points(group="oslo.config.opts") if e.name == "iim-relay"]
     groups = {_group_name(group) for group, _ in ep.load()()}
-    assert groups == {"DEFAULT", "channels", "detector", "masakari"}
+    assert groups == {"DEFAULT", "channels", "detector", "masakari", "metrics"}
 
 
 # --- defaults and real files -------------------------------------------------------------------
