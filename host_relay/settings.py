@@ -14,6 +14,9 @@ import os
 import re
 from typing import Optional
 
+OPT_IN_CHOICES = ("all", "match", "list")  # [libvirt] opt_in
+_UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+
 # A DNS name: dot-separated labels of letters, digits and inner hyphens (RFC 1123).
 _HOSTNAME = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?")
 _LISTEN_EXAMPLE = "127.0.0.1:9105, [::1]:9105 or 0.0.0.0:9105"
@@ -85,12 +88,52 @@ class MetricsSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class LibvirtSettings:
+    """[libvirt]: an empty ``connection_uri`` turns the libvirt integration off."""
+
+    connection_uri: str = "qemu:///system"
+    opt_in: str = "all"  # all | match | list
+    match_name: str = ""  # regex searched in the domain name
+    match_metadata: str = ""  # regex searched in "<nova project>/<nova name>"
+    instance_uuids: tuple[str, ...] = ()
+    serial_fallback: bool = True
+    serial_port: int = 1  # the guest's /dev/ttyS1; Nova allows ports 0-3
+    socket_owner: str = ""  # "" = libvirt-qemu or qemu, whichever exists
+    socket_group: str = ""  # "" = the owner's primary group
+    reconnect_initial: float = 1.0
+    reconnect_max: float = 60.0
+
+    def __post_init__(self) -> None:
+        if self.opt_in not in OPT_IN_CHOICES:
+            raise ValueError(f"opt_in must be one of {', '.join(OPT_IN_CHOICES)}")
+        for name in ("match_name", "match_metadata"):
+            try:
+                re.compile(getattr(self, name))
+            except re.error as exc:
+                raise ValueError(f"{name} is not a regular expression: {exc}") from None
+        object.__setattr__(self, "instance_uuids",
+                           tuple(u.strip().lower() for u in self.instance_uuids))
+        bad = [u for u in self.instance_uuids if not _UUID_RE.match(u)]
+        if bad:
+            raise ValueError(f"instance_uuids: not a UUID: {', '.join(bad)}")
+        if not 0 <= self.serial_port <= 3:
+            raise ValueError("serial_port must be within [0, 3]: Nova allows 4 serial ports")
+        if not 0 < self.reconnect_initial <= self.reconnect_max:
+            raise ValueError("reconnect_initial must be positive and at most reconnect_max")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.connection_uri.strip())
+
+
+@dataclasses.dataclass(frozen=True)
 class RelaySettings:
     host: str
     state_path: str = "/var/lib/iim"
     shutdown_grace: float = 5.0
     channels: ChannelSettings = dataclasses.field(default_factory=ChannelSettings)
     delivery: DeliverySettings = dataclasses.field(default_factory=DeliverySettings)
+    libvirt: LibvirtSettings = dataclasses.field(default_factory=LibvirtSettings)
     metrics: MetricsSettings = dataclasses.field(default_factory=MetricsSettings)
 
     @property

@@ -8,7 +8,7 @@ of :func:`settings_from` and :func:`detector_config_from`.
 
 from oslo_config import cfg
 
-from host_relay.conf import channels, default, detector, masakari, metrics
+from host_relay.conf import channels, default, detector, libvirt, masakari, metrics
 from host_relay.conf.loader import (
     ConfigError,
     check,
@@ -26,7 +26,7 @@ CONF = cfg.CONF
 
 def register_opts(conf: cfg.ConfigOpts) -> None:
     """Register every iim-relay group (not oslo.log's options: see register_all)."""
-    for module in (default, channels, detector, masakari, metrics):
+    for module in (default, channels, detector, masakari, metrics, libvirt):
         module.register_opts(conf)
 
 

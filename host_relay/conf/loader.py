@@ -19,6 +19,7 @@ from __future__ import annotations
 import difflib
 import glob
 import os
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
@@ -33,12 +34,16 @@ from host_relay.conf.opts import MODULES
 from host_relay.settings import (
     ChannelSettings,
     DeliverySettings,
+    LibvirtSettings,
     MetricsSettings,
     RelaySettings,
 )
 
 PROJECT = "iim"
+_UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 PROG = "iim-relay"
+# What the iim-relay packages install (packaging/); read first when no --config-file is given.
+PACKAGED_CONFIG_FILE = "/etc/iim/relay.conf"
 
 # load() keeps these on the ConfigOpts it parsed (oslo's ConfigOpts has no place for them).
 _WARNINGS_ATTR = "_iim_config_warnings"
@@ -422,6 +427,7 @@ _ORDERED = (
     ("detector", "min_interval", "max_interval"),
     ("channels", "reconnect_initial", "reconnect_max"),
     ("masakari", "backoff_initial", "backoff_max"),
+    ("libvirt", "reconnect_initial", "reconnect_max"),
 )
 
 
@@ -446,8 +452,38 @@ def check(conf: cfg.ConfigOpts, files: Sequence[_File] = ()) -> None:
             f"{where.where}: [{group}] {low} = {_fmt(lo)} is greater than {high} = {_fmt(hi)}: "
             f"{low} must not exceed {high}; lower {low} or raise {high}{where.suffix()}"
         )
+    problems += _libvirt_problems(conf, files)
     if problems:
         raise ConfigError(problems)
+
+
+def _libvirt_problems(conf: cfg.ConfigOpts, files: Sequence[_File]) -> list[str]:
+    """[libvirt]: regular expressions that compile, UUIDs, an opt-in rule that can match."""
+    lv = conf.libvirt
+    problems = []
+
+    def say(name: str, text: str) -> None:
+        src = _source(conf, files, "libvirt", name)
+        problems.append(f"{src.where}: [libvirt] {name} = {src.raw if src.raw is not None else ''}"
+                        f" {text}{src.suffix()}")
+
+    for name in ("match_name", "match_metadata"):
+        try:
+            re.compile(lv[name])
+        except re.error as exc:
+            say(name, f"is not a Python regular expression ({exc}): fix the pattern")
+    bad = [u for u in lv.instance_uuids if not _UUID_RE.match(u.strip().lower())]
+    if bad:
+        say("instance_uuids", f"has entries that are not UUIDs ({', '.join(bad)}): list "
+            "Nova instance UUIDs such as 3f0a9c1e-5b7d-4e2f-9a1b-2c3d4e5f6a01, comma-separated")
+    if lv.connection_uri.strip():
+        if lv.opt_in == "match" and not (lv.match_name or lv.match_metadata):
+            say("opt_in", "needs a pattern: set match_name or match_metadata (or use opt_in = "
+                "all), otherwise no domain gets the channel")
+        if lv.opt_in == "list" and not lv.instance_uuids:
+            say("opt_in", "needs instance_uuids: list the instances that get the channel (or "
+                "use opt_in = all), otherwise no domain gets the channel")
+    return problems
 
 
 # --- the entry point ---------------------------------------------------------------------------
@@ -567,7 +603,7 @@ def config_warnings(conf: cfg.ConfigOpts) -> list[str]:
 def settings_from(conf: cfg.ConfigOpts) -> RelaySettings:
     """The relay's settings as plain values, from a conf that :func:`load` accepted."""
     check(conf)
-    ch, ms = conf.channels, conf[masakari.GROUP]
+    ch, ms, lv = conf.channels, conf[masakari.GROUP], conf.libvirt
     return RelaySettings(
         host=conf.host,
         state_path=conf.state_path,
@@ -587,6 +623,19 @@ def settings_from(conf: cfg.ConfigOpts) -> RelaySettings:
             request_timeout=ms.request_timeout,
         ),
         metrics=MetricsSettings(listen=conf.metrics.listen),
+        libvirt=LibvirtSettings(
+            connection_uri=lv.connection_uri.strip(),
+            opt_in=lv.opt_in,
+            match_name=lv.match_name,
+            match_metadata=lv.match_metadata,
+            instance_uuids=tuple(lv.instance_uuids),
+            serial_fallback=lv.serial_fallback,
+            serial_port=lv.serial_port,
+            socket_owner=lv.socket_owner,
+            socket_group=lv.socket_group,
+            reconnect_initial=lv.reconnect_initial,
+            reconnect_max=lv.reconnect_max,
+        ),
     )
 
 

@@ -99,7 +99,8 @@ def _fmt(number: float) -> str:
 
 def test_every_numeric_option_has_min_and_max():
     numeric = _own_numeric_opts()
-    assert len(numeric) == 18  # 1 [DEFAULT] + 5 [channels] + 8 [detector] + 4 [masakari]
+    # 1 [DEFAULT] + 5 [channels] + 8 [detector] + 4 [masakari] + 3 [libvirt]
+    assert len(numeric) == 21
     unbounded = [
         f"[{group}] {opt.dest}"
         for group, opt in numeric
@@ -122,7 +123,7 @@ def test_every_own_option_has_help():
 def test_entry_point_lists_the_same_options():
     (ep,) = [e for e in entry_points(group="oslo.config.opts") if e.name == "iim-relay"]
     groups = {_group_name(group) for group, _ in ep.load()()}
-    assert groups == {"DEFAULT", "channels", "detector", "masakari", "metrics"}
+    assert groups == {"DEFAULT", "channels", "detector", "masakari", "metrics", "libvirt"}
 
 
 # --- defaults and real files -------------------------------------------------------------------
@@ -555,3 +556,44 @@ def test_sample_loads_cleanly(tmp_path):
     conf = _load(path)
     assert not [w for w in relay_conf.config_warnings(conf) if "not a known option" in w]
     assert relay_conf.detector_config_from(conf) == DETECTOR_DEFAULTS
+
+
+# --- [libvirt] --------------------------------------------------------------------------------
+
+
+def test_libvirt_group_from_a_file(tmp_path):
+    from host_relay.settings import LibvirtSettings
+
+    path = _write(tmp_path, """
+        [libvirt]
+        connection_uri = qemu+ssh://h/system
+        opt_in = list
+        instance_uuids = 3F0A9C1E-5B7D-4E2F-9A1B-2C3D4E5F6A01, 3f0a9c1e-5b7d-4e2f-9a1b-2c3d4e5f6a02
+        serial_fallback = false
+        serial_port = 2
+        socket_owner = nobody
+        socket_group = nogroup
+        reconnect_initial = 0.5
+        reconnect_max = 5
+        """)
+    assert relay_conf.settings_from(_load(path)).libvirt == LibvirtSettings(
+        connection_uri="qemu+ssh://h/system", opt_in="list",
+        instance_uuids=("3f0a9c1e-5b7d-4e2f-9a1b-2c3d4e5f6a01",
+                        "3f0a9c1e-5b7d-4e2f-9a1b-2c3d4e5f6a02"),
+        serial_fallback=False, serial_port=2, socket_owner="nobody", socket_group="nogroup",
+        reconnect_initial=0.5, reconnect_max=5.0)
+    off = _write(tmp_path, "[libvirt]\nconnection_uri =\n", "off.conf")
+    assert not relay_conf.settings_from(_load(off)).libvirt.enabled
+
+
+def test_libvirt_bad_values_name_the_option_and_fix(tmp_path):
+    path = _write(tmp_path, "[libvirt]\nopt_in = match\nmatch_name = (\n"
+                  "instance_uuids = nope\n")
+    text = _error(path)
+    assert f"{path}: [libvirt] match_name = ( is not a Python regular expression" in text
+    assert "(line 3)" in text
+    assert "[libvirt] instance_uuids = nope has entries that are not UUIDs (nope)" in text
+    empty = _write(tmp_path, "[libvirt]\nopt_in = list\n", "list.conf")
+    assert "[libvirt] opt_in = list needs instance_uuids" in _error(empty)
+    bad_port = _write(tmp_path, "[libvirt]\nserial_port = 4\n", "port.conf")
+    assert "[libvirt] serial_port = 4 is out of range: must be between 0 and 3" in _error(bad_port)
