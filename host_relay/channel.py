@@ -103,6 +103,7 @@ class ChannelConnection:
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         rng: Callable[[], float] = random.random,
+        on_queued: Optional[Callable[[Notify, float], None]] = None,
     ) -> None:
         self.instance_uuid = instance_uuid
         self.path = path
@@ -114,6 +115,9 @@ class ChannelConnection:
         self._clock = clock
         self._wall_clock = wall_clock
         self._rng = rng
+        # Called with (notify, seconds from the detector's decision to the durable
+        # outbox entry) after each queued notification: the relay's metrics.
+        self._on_queued = on_queued
         self.decoder = Decoder()
         self.counters: dict[str, int] = collections.Counter()
         self.metrics: dict[str, Any] = {}
@@ -232,6 +236,7 @@ class ChannelConnection:
                 self.last_message_at = now
                 if isinstance(msg, Heartbeat):
                     self.last_heartbeat_at = now
+                    self.counters["heartbeats"] += 1
                 self._carry_out(self.detector.message(msg, now))
 
     def _throttled(self, now: float, wait: float) -> None:
@@ -289,6 +294,11 @@ class ChannelConnection:
         LOG.warning("Instance %s: queued %s notification (%s) as outbox entry %s",
                     self.instance_uuid, out.kind, out.reason, getattr(entry, "id", entry))
         self._sender.wake()
+        if self._on_queued is not None:
+            try:
+                self._on_queued(out, self._clock() - out.at)
+            except Exception:  # noqa: BLE001 - the entry is queued; metrics are secondary
+                LOG.exception("Instance %s: on_queued observer failed", self.instance_uuid)
 
     def _log(self, out: Log) -> None:
         level = out.level

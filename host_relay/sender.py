@@ -146,6 +146,7 @@ class Sender:
         jitter: float = 0.2,
         rng: Optional[random.Random] = None,
         batch: int = 50,
+        on_delivered: Optional[Callable[[Entry, float], None]] = None,
     ):
         self.outbox = outbox
         self.client = client
@@ -156,6 +157,9 @@ class Sender:
         self.rng = rng or random.Random()  # noqa: S311 - jitter, not security
         self.batch = batch
         self.counters = Counters()
+        # Called with (entry, seconds from put() to Masakari's answer) on every
+        # delivery, duplicates included: the relay's metrics observe latency here.
+        self.on_delivered = on_delivered
         self.last_verdict: Optional[Verdict] = None
         self._wake = asyncio.Event()
         self._failing = False  # the last attempt failed transiently (API down?)
@@ -219,6 +223,11 @@ class Sender:
             self.counters.delivered += 1
             if verdict.duplicate:
                 self.counters.duplicates += 1
+            if self.on_delivered is not None:
+                try:
+                    self.on_delivered(entry, now - entry.created_at)
+                except Exception:  # noqa: BLE001 - an observer never stops delivery
+                    LOG.exception("on_delivered observer failed")
             LOG.info(
                 "delivered failure of instance %s (%s) to masakari: %s%s, "
                 "%.3f s after it was reported, attempt %s",

@@ -148,6 +148,14 @@ class Relay:
         self._sender_stop: Optional[asyncio.Event] = None
         self._started_at: Optional[float] = None
         self.stopping = False
+        # Prometheus metrics, when [metrics] listen is set (see host_relay.metrics).
+        self.metrics: Any = None
+        if settings.metrics.address is not None:
+            from host_relay.metrics import RelayMetrics
+
+            self.metrics = RelayMetrics(settings.metrics.address)
+            if getattr(sender, "on_delivered", False) is None:
+                sender.on_delivered = self.metrics.observe_delivery
         # systemd (host_relay.systemd): READY=1 once the outbox is open and the
         # channel directory scanned, WATCHDOG=1 from this loop, STOPPING=1.
         self._notify = notify or (lambda state: False)
@@ -173,6 +181,8 @@ class Relay:
             sup.spawn("control", self._control.serve)
             sup.spawn("sender", lambda: self.sender.run(self._sender_stop))
             sup.spawn("discovery", self._discovery.run)
+            if self.metrics is not None:
+                sup.spawn("metrics", lambda: self.metrics.serve(self))
             LOG.info("iim-relay running")
             await shutdown.wait()
         finally:
@@ -210,6 +220,7 @@ class Relay:
             LOG.warning("Sender did not finish within %.1fs; cancelled it", grace)
         LOG.info("Shutdown 4/5: closing the control socket")
         await sup.stop("control")
+        await sup.stop("metrics")
         await sup.stop_all()
         LOG.info("Shutdown 5/5: closing the outbox")
         try:
@@ -229,6 +240,7 @@ class Relay:
             uuid, path, self.settings.channels, self._detector_for(uuid, now), self.outbox,
             self.sender,
             self.settings.host, clock=self._clock, wall_clock=self._wall_clock,
+            on_queued=self.metrics.observe_queued if self.metrics is not None else None,
         )
         self.channels[uuid] = conn
         name = f"channel {uuid}"
@@ -290,6 +302,14 @@ class Relay:
             "sender": self._safe(self._sender_counters),
             "restarts": dict(self._supervisor.restarts),
         }
+
+    @property
+    def restarts(self) -> dict[str, int]:
+        """How often each part was restarted, by part name."""
+        return dict(self._supervisor.restarts)
+
+    def wall_time(self) -> float:
+        return self._wall_clock()
 
     def _last_failure(self, uuid: str, wall: float) -> Optional[dict[str, Any]]:
         entry = self._safe(lambda: self.outbox.latest_for(uuid))

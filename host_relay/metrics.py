@@ -1,0 +1,341 @@
+"""Prometheus metrics of the running relay, served at ``http://<[metrics] listen>/metrics``.
+
+How it works
+------------
+Nothing on the relay's hot path changes for metrics.  At scrape time
+:class:`RelayCollector` asks the event loop for one plain :class:`Reading`
+(channel and detector state, decoder, throttle and heartbeat counters of
+every channel, the sender's counters, one ``Outbox.stats()`` query), so
+the values are never stale and never read half-updated.  Two histograms
+are the only thing observed as it happens: the detector's decision to the
+durable outbox entry (``ChannelConnection(on_queued=)``), and that entry to
+Masakari's answer (``Sender.on_delivered``).
+
+The HTTP server is prometheus_client's own, in its threads, with a registry
+of its own (never the global one).  A scrape costs the loop only the
+reading (a few microseconds per instance, see :func:`read_relay`); turning
+some 30,000 series into text for 2,000 instances happens in the server's
+thread.  If the loop does not answer within ``READ_TIMEOUT`` the scrape
+fails (HTTP 500): Prometheus shows the relay as down rather than serving
+numbers that no longer move.
+
+Labels stay bounded: per instance only ``instance_uuid`` (plus ``state``
+on the one ``iim_relay_instance_state`` series an instance has); everything
+else is per host, labelled by a fixed set of values.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import dataclasses
+import logging
+import threading
+from collections.abc import Iterator
+from typing import Any, Optional
+
+from prometheus_client import CollectorRegistry, Histogram, ProcessCollector, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+import iim_protocol
+from host_relay.channel import STATE_CONNECTED
+from host_relay.detector_table import State
+
+LOG = logging.getLogger(__name__)
+
+# The loop answers a reading in milliseconds; one that takes this long is stalled.
+READ_TIMEOUT = 5.0
+# A port in use (another relay, a leftover process) is retried this often, at most.
+BIND_RETRY_INITIAL = 1.0
+BIND_RETRY_MAX = 60.0
+
+# Queue to Masakari's 202: a round trip is well under a second; retries during an
+# API outage stretch it to minutes or hours, and those are what operators look for.
+DELIVERY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+                    600.0, 1800.0, 3600.0)
+# Detector decision to durable outbox entry: an sqlite commit plus loop lateness.
+QUEUE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+@dataclasses.dataclass
+class InstanceReading:
+    uuid: str
+    detector_state: str
+    connected: bool
+    heartbeats: int
+    bytes_skipped: int
+    frames_rejected: int
+    throttled_seconds: float
+
+
+@dataclasses.dataclass
+class Reading:
+    """What one scrape reports, copied out of the loop as plain values."""
+
+    host: str
+    instances: list[InstanceReading]
+    rejected: dict[str, int]  # by reason, summed over the instances
+    throttled: dict[str, int]  # times a channel paused, by budget ("bytes", "frames")
+    sender: dict[str, int]
+    outbox: Optional[dict[str, Any]]  # None: the outbox could not be read
+    restarts: dict[str, int]  # by part, every channel counted as "channel"
+
+
+def read_relay(relay: Any) -> Reading:
+    """Copy what the metrics need out of ``relay``; call on the relay's loop.
+
+    Reads attributes and counters only (not ``Relay.snapshot()``, which asks
+    the outbox once per instance): cheap enough to run for every scrape.
+    """
+    instances = []
+    rejected: collections.Counter[str] = collections.Counter()
+    throttled = {"bytes": 0, "frames": 0}
+    for uuid, conn in relay.channels.items():
+        stats = conn.decoder.stats
+        state = getattr(conn.detector, "state", None)
+        instances.append(InstanceReading(
+            uuid=uuid,
+            detector_state=str(getattr(state, "value", state or "unknown")),
+            connected=conn.state == STATE_CONNECTED,
+            heartbeats=conn.counters["heartbeats"],
+            bytes_skipped=stats.bytes_skipped,
+            frames_rejected=stats.frames_rejected,
+            throttled_seconds=conn.throttled_seconds,
+        ))
+        rejected.update(stats.rejected)
+        throttled["bytes"] += conn.counters["throttled_bytes"]
+        throttled["frames"] += conn.counters["throttled_frames"]
+    counters = getattr(relay.sender, "counters", None)
+    if dataclasses.is_dataclass(counters):
+        counters = dataclasses.asdict(counters)
+    try:
+        outbox = relay.outbox.stats(relay.wall_time())
+    except Exception:  # noqa: BLE001 - the other metrics are still worth serving
+        LOG.exception("Metrics: cannot read the outbox")
+        outbox = None
+    restarts: collections.Counter[str] = collections.Counter()
+    for part, count in relay.restarts.items():
+        restarts["channel" if part.startswith("channel ") else part] += count
+    return Reading(relay.settings.host, instances, dict(rejected), throttled,
+                   dict(counters or {}), outbox, dict(restarts))
+
+
+class RelayCollector:
+    """Builds the relay's metric families from a :class:`Reading` taken on the loop."""
+
+    def __init__(self, relay: Any, loop: asyncio.AbstractEventLoop, queued: Any) -> None:
+        self._relay = relay
+        self._loop = loop
+        self._queued = queued  # () -> notifications queued since start
+
+    def _read(self) -> Reading:
+        async def on_loop() -> Reading:
+            return read_relay(self._relay)
+
+        future = asyncio.run_coroutine_threadsafe(on_loop(), self._loop)
+        try:
+            return future.result(READ_TIMEOUT)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            LOG.error("Metrics: the relay's event loop did not answer within %.0fs; "
+                      "failing this scrape", READ_TIMEOUT)
+            raise
+
+    def collect(self) -> Iterator[Metric]:
+        r = self._read()
+        yield from _instance_families(r)
+        yield from _host_families(r, self._queued())
+
+
+def _instance_families(r: Reading) -> Iterator[Metric]:
+    label = ["instance_uuid"]
+    state = GaugeMetricFamily(
+        "iim_relay_instance_state",
+        "Detector state of each instance: 1 on the series of its current state "
+        "(unknown, armed, suspect, failed, cooldown, paused, departed).",
+        labels=["instance_uuid", "state"])
+    connected = GaugeMetricFamily(
+        "iim_relay_channel_connected",
+        "1 while the relay is connected to the instance's guest channel socket.", labels=label)
+    heartbeats = CounterMetricFamily(
+        "iim_relay_heartbeats", "Heartbeat frames received from the instance's agent "
+        "(since its channel socket appeared).", labels=label)
+    skipped = CounterMetricFamily(
+        "iim_relay_bytes_skipped", "Bytes from the guest skipped while looking for a valid "
+        "frame (garbage on the channel).", labels=label)
+    rejected = CounterMetricFamily(
+        "iim_relay_frames_rejected", "Frames from the guest rejected (bad version, CRC, "
+        "size or content).", labels=label)
+    throttled = CounterMetricFamily(
+        "iim_relay_throttled_seconds", "Seconds the relay paused reading the channel because "
+        "the guest sent over its bytes/frames budget.", labels=label)
+    for i in r.instances:
+        state.add_metric([i.uuid, i.detector_state], 1)
+        connected.add_metric([i.uuid], 1 if i.connected else 0)
+        heartbeats.add_metric([i.uuid], i.heartbeats)
+        skipped.add_metric([i.uuid], i.bytes_skipped)
+        rejected.add_metric([i.uuid], i.frames_rejected)
+        throttled.add_metric([i.uuid], i.throttled_seconds)
+    yield from (state, connected, heartbeats, skipped, rejected, throttled)
+
+
+def _host_families(r: Reading, queued: int) -> Iterator[Metric]:
+    info = GaugeMetricFamily("iim_relay_info", "The relay's version and host name (always 1).",
+                             labels=["version", "host"])
+    info.add_metric([iim_protocol.__version__, r.host], 1)
+    yield info
+    by_state = collections.Counter(i.detector_state for i in r.instances)
+    instances = GaugeMetricFamily(
+        "iim_relay_instances", "Instances with a channel socket, by detector state.",
+        labels=["state"])
+    for name in sorted({s.value for s in State} | set(by_state)):
+        instances.add_metric([name], by_state.get(name, 0))
+    yield instances
+    reasons = CounterMetricFamily(
+        "iim_relay_frames_rejected_by_reason", "Frames rejected, by reason, summed over the "
+        "instances the relay has now.", labels=["reason"])
+    for reason, count in sorted(r.rejected.items()):
+        reasons.add_metric([reason], count)
+    yield reasons
+    throttled = CounterMetricFamily(
+        "iim_relay_throttled", "Times a channel's reading was paused, by the budget it "
+        "exceeded, summed over the instances the relay has now.", labels=["budget"])
+    for budget, count in sorted(r.throttled.items()):
+        throttled.add_metric([budget], count)
+    yield throttled
+    s = r.sender
+    notifications = CounterMetricFamily(
+        "iim_relay_notifications", "Notifications since the relay started, by result: queued "
+        "in the outbox, delivered (accepted by Masakari, duplicates included), duplicate "
+        "(Masakari had it already), dead (refused for good, kept as a dead letter).",
+        labels=["result"])
+    notifications.add_metric(["queued"], queued)
+    for result, key in (("delivered", "delivered"), ("duplicate", "duplicates"),
+                        ("dead", "dead")):
+        notifications.add_metric([result], s.get(key, 0))
+    yield notifications
+    yield CounterMetricFamily("iim_relay_delivery_retries", "Delivery attempts that failed "
+                              "transiently and were scheduled again.", value=s.get("retries", 0))
+    yield CounterMetricFamily("iim_relay_sender_errors", "Outbox (sqlite) errors in the "
+                              "sender loop.", value=s.get("errors", 0))
+    if r.outbox is not None:
+        o = r.outbox
+        yield GaugeMetricFamily("iim_relay_outbox_depth", "Notifications queued in the outbox, "
+                                "not yet accepted by Masakari.", value=o["depth"])
+        yield GaugeMetricFamily("iim_relay_outbox_oldest_queued_age_seconds", "Age of the oldest "
+                                "queued notification (0 when none).", value=o["oldest_queued_age"])
+        yield GaugeMetricFamily("iim_relay_outbox_retrying", "Queued notifications that failed "
+                                "at least once.", value=o["retrying"])
+        yield GaugeMetricFamily("iim_relay_outbox_dead_letters", "Notifications Masakari refused "
+                                "for good, kept until an operator re-queues them.",
+                                value=o["dead"])
+    restarts = CounterMetricFamily(
+        "iim_relay_part_restarts", "Times a part of the relay crashed or stopped and was "
+        "restarted (all channels count as part=\"channel\").", labels=["part"])
+    for part, count in sorted(r.restarts.items()):
+        restarts.add_metric([part], count)
+    yield restarts
+
+
+def _stop_late_server(start: asyncio.Future) -> None:
+    if start.cancelled() or start.exception() is not None:
+        return
+    server, _thread = start.result()
+
+    def stop() -> None:
+        server.shutdown()
+        server.server_close()
+
+    threading.Thread(target=stop, name="metrics-stop", daemon=True).start()
+
+
+class RelayMetrics:
+    """The relay's registry, its two histograms, and the HTTP server serving them."""
+
+    def __init__(self, address: tuple[str, int]) -> None:
+        self.address = address
+        self.registry = CollectorRegistry()
+        ProcessCollector(registry=self.registry)
+        self.delivery_latency = Histogram(
+            "iim_relay_delivery_latency_seconds",
+            "Seconds from the relay queueing a notification (when the detector decided) to "
+            "Masakari accepting it (202, or 409 duplicate); retries included.",
+            buckets=DELIVERY_BUCKETS, registry=self.registry)
+        self.detection_to_queue = Histogram(
+            "iim_relay_detection_to_queue_seconds",
+            "Seconds from the detector establishing a failure (the failure frame, or the "
+            "missed-heartbeat deadline) to the notification being durably in the outbox.",
+            buckets=QUEUE_BUCKETS, registry=self.registry)
+        self._queued = 0
+        self._lock = threading.Lock()
+        self._server: Any = None
+        self._thread: Optional[threading.Thread] = None
+
+    # -- observers (called on the loop) -----------------------------------------
+
+    def observe_delivery(self, entry: Any, seconds: float) -> None:
+        self.delivery_latency.observe(max(0.0, seconds))
+
+    def observe_queued(self, notify: Any, seconds: float) -> None:
+        with self._lock:
+            self._queued += 1
+        self.detection_to_queue.observe(max(0.0, seconds))
+
+    def queued(self) -> int:
+        with self._lock:
+            return self._queued
+
+    # -- serving -----------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        host, port = self.address
+        return f"http://{f'[{host}]' if ':' in host else host}:{port}/metrics"
+
+    async def serve(self, relay: Any) -> None:
+        """Serve until cancelled; a port in use is logged and retried, never fatal.
+
+        Metrics are for the operator: failure detection and delivery must go on
+        without them.  The server binds in a thread, since binding resolves the
+        address (http.server looks up the host's FQDN), which may block.
+        """
+        collector = RelayCollector(relay, asyncio.get_running_loop(), self.queued)
+        self.registry.register(collector)
+        delay = BIND_RETRY_INITIAL
+        try:
+            while True:
+                try:
+                    self._server, self._thread = await self._start_server()
+                    break
+                except OSError as exc:
+                    LOG.error("Cannot serve metrics on %s: %s; free the port or change "
+                              "[metrics] listen (retrying in %.0fs)", self.url, exc, delay)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, BIND_RETRY_MAX)
+            LOG.info("Serving Prometheus metrics on %s", self.url)
+            await asyncio.Event().wait()  # until cancelled
+        finally:
+            self.registry.unregister(collector)
+            await self._stop_server()
+
+    async def _start_server(self) -> tuple[Any, threading.Thread]:
+        host, port = self.address
+        start = asyncio.ensure_future(
+            asyncio.to_thread(start_http_server, port, addr=host, registry=self.registry))
+        try:
+            return await asyncio.shield(start)
+        except asyncio.CancelledError:
+            start.add_done_callback(_stop_late_server)  # it may still come up: stop it then
+            raise
+
+    async def _stop_server(self) -> None:
+        server, thread = self._server, self._thread
+        self._server = self._thread = None
+        if server is None:
+            return
+        await asyncio.to_thread(server.shutdown)  # waits for serve_forever to return
+        server.server_close()
+        if thread is not None:
+            thread.join(READ_TIMEOUT)
+        LOG.info("Stopped serving metrics on %s", self.url)
