@@ -24,6 +24,7 @@ from typing import Any, Callable, Optional
 
 from host_relay.detector import Log, Metric, Notify
 from host_relay.settings import ChannelSettings
+from host_relay.transports import UNIX, is_closed_by_peer, open_stream
 from iim_protocol.codec import Decoder
 from iim_protocol.messages import Heartbeat
 
@@ -103,10 +104,12 @@ class ChannelConnection:
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         rng: Callable[[], float] = random.random,
+        transport: str = UNIX,
         on_queued: Optional[Callable[[Notify, float], None]] = None,
     ) -> None:
         self.instance_uuid = instance_uuid
         self.path = path
+        self.transport = transport  # unix socket, or a serial pty / TCP port (transports.py)
         self.detector = detector
         self._settings = settings
         self._outbox = outbox
@@ -184,8 +187,8 @@ class ChannelConnection:
         """One connection; returns True if it carried a valid frame."""
         self._set_state(STATE_CONNECTING)
         try:
-            reader, writer = await asyncio.open_unix_connection(
-                self.path, limit=max(self._settings.read_chunk, 1024)
+            reader, writer = await open_stream(
+                self.path, self.transport, max(self._settings.read_chunk, 1024)
             )
         except OSError as exc:
             self.counters["connect_failures"] += 1
@@ -200,7 +203,11 @@ class ChannelConnection:
         LOG.info("Channel of instance %s connected", self.instance_uuid)
         try:
             self._carry_out(self.detector.channel_connected(self._clock()))
-            await self._read_loop(reader)
+            try:
+                await self._read_loop(reader)
+            except OSError as exc:
+                if not is_closed_by_peer(exc):
+                    raise
             LOG.info("Channel of instance %s closed by the other end", self.instance_uuid)
         finally:
             writer.close()
@@ -383,6 +390,7 @@ class ChannelConnection:
                     else round(max(0.0, self.next_retry_at - now), 3)
                 ),
                 "path": self.path,
+                "transport": self.transport,
                 "last_error": self.last_error,
                 "connects": self.counters["connects"],
                 "disconnects": self.counters["disconnects"],

@@ -195,18 +195,24 @@ def format_status(snap: dict[str, Any]) -> str:
     """The human-readable status table."""
     lines = [f"iim-relay {snap.get('version')} on {snap.get('host')} "
              f"(pid {snap.get('pid')}, up {_age(snap.get('uptime'))})", ""]
-    rows = [("INSTANCE", "CHANNEL", "HEARTBEAT", "DETECTOR", "LAST FAILURE", "DELIVERY")]
+    rows = [("INSTANCE", "CHANNEL", "ORIGIN", "HEARTBEAT", "DETECTOR", "LAST FAILURE",
+             "DELIVERY")]
     bad = []
+    notes = []
     for uuid, inst in sorted(snap.get("instances", {}).items()):
-        ch = inst.get("channel", {})
-        chan = ch.get("state", "?")
+        ch = inst.get("channel") or {}
+        chan = ch.get("state", "-")
         if ch.get("next_retry_in") is not None:
             chan += f" (retry {_age(ch['next_retry_in'])})"
         det = inst.get("detector") or {}
         fail = inst.get("last_failure") or {}
         failure = f"{fail.get('kind')} {_age(fail.get('age'))} ago" if fail else "-"
-        rows.append((uuid, chan, _age(inst.get("last_heartbeat_age")),
-                     str(det.get("state", "?")), failure, fail.get("state", "-") if fail else "-"))
+        domain = inst.get("libvirt") or {}
+        rows.append((uuid, chan, inst.get("origin") or "-", _age(inst.get("last_heartbeat_age")),
+                     str(det.get("state", "-")), failure, fail.get("state", "-") if fail else "-"))
+        if domain.get("reason"):
+            notes.append(f"  {uuid} ({domain.get('name') or '?'}): {domain['reason']}"
+                         + (f"\n    fix: {domain['fix']}" if domain.get("fix") else ""))
         dec = inst.get("decoder", {})
         thr = inst.get("throttle", {})
         if dec.get("bytes_skipped") or dec.get("frames_rejected") or thr.get("seconds"):
@@ -225,6 +231,14 @@ def format_status(snap: dict[str, Any]) -> str:
     oldest = _age(ob.get("oldest_queued_age"))
     lines += ["", f"Outbox: {ob.get('depth', '?')} queued, oldest {oldest}, "
               f"{ob.get('retrying', 0)} retrying, {ob.get('dead', '?')} dead letters"]
+    lv = snap.get("libvirt") or {}
+    if lv.get("enabled"):
+        state = "connected" if lv.get("connected") else f"not connected ({lv.get('last_error')})"
+        lines += ["", f"libvirt {lv.get('uri')}: {state}"]
+        if lv.get("socket_dir_problem"):
+            lines.append(f"  channel directory: {lv['socket_dir_problem']}")
+    if notes:
+        lines += ["", "Domains without the virtio channel:"] + notes
     if bad:
         lines += ["", "Rejected input:"] + bad
     if snap.get("ignored_files"):

@@ -21,7 +21,9 @@ import iim_protocol
 from host_relay.channel import ChannelConnection
 from host_relay.control import ControlServer
 from host_relay.discovery import Discovery
+from host_relay.domains import ORIGIN_SOCKET_DIR
 from host_relay.settings import RelaySettings
+from host_relay.transports import transport_for
 
 LOG = logging.getLogger(__name__)
 
@@ -144,6 +146,14 @@ class Relay:
         self._forget_after = float(window or _FORGET_DETECTOR_AFTER)
         self._supervisor = Supervisor(clock)
         self._discovery: Optional[Discovery] = None
+        # Who says where each instance's channel is: "socket_dir" (discovery) and
+        # "libvirt" (the DomainWatcher), each (path, origin).  One ChannelConnection
+        # per instance; libvirt's claim wins.  Domain states come from libvirt only.
+        self._claims: dict[str, dict[str, tuple[str, str]]] = {}
+        self._origins: dict[str, str] = {}
+        self._domain_states: dict[str, Any] = {}
+        self._libvirt: Any = None
+        self.socket_dir_problem: Optional[str] = None
         self._control = ControlServer(settings.control_socket, self.handle_request)
         self._sender_stop: Optional[asyncio.Event] = None
         self._started_at: Optional[float] = None
@@ -181,6 +191,8 @@ class Relay:
             sup.spawn("control", self._control.serve)
             sup.spawn("sender", lambda: self.sender.run(self._sender_stop))
             sup.spawn("discovery", self._discovery.run)
+            if s.libvirt.enabled:
+                self._start_libvirt()
             if self.metrics is not None:
                 sup.spawn("metrics", lambda: self.metrics.serve(self))
             LOG.info("iim-relay running")
@@ -208,6 +220,7 @@ class Relay:
         sup = self._supervisor
         LOG.info("Shutdown 1/5: stopping discovery")
         await sup.stop("discovery")
+        await sup.stop("libvirt")
         LOG.info("Shutdown 2/5: closing %d channels", len(self.channels))
         for conn in self.channels.values():
             conn.close()
@@ -229,7 +242,60 @@ class Relay:
             LOG.exception("Closing the outbox failed")
         LOG.info("iim-relay stopped")
 
+    def _start_libvirt(self) -> None:
+        from host_relay import socket_dir
+        from host_relay.libvirt_watch import DomainWatcher
+
+        s = self.settings
+        self.socket_dir_problem = socket_dir.prepare(
+            s.channels.socket_dir, s.libvirt.socket_owner, s.libvirt.socket_group)
+        self._libvirt = DomainWatcher(s.libvirt, s.channels.socket_dir, self, self._clock)
+        self._supervisor.spawn("libvirt", self._libvirt.run)
+
+    # -- channels: claims from discovery and libvirt ------------------------
+
+    def add_channel(self, uuid: str, path: str, origin: str) -> None:
+        """libvirt says: read ``uuid``'s channel at ``path`` (hotplug | static | serial)."""
+        self._claims.setdefault(uuid, {})["libvirt"] = (path, origin)
+        self._apply_claims(uuid)
+
+    def remove_channel(self, uuid: str) -> None:
+        """libvirt says: ``uuid`` has no channel (any more)."""
+        self._claims.get(uuid, {}).pop("libvirt", None)
+        self._apply_claims(uuid)
+
+    def domain_state(self, uuid: str, state: Any) -> None:
+        """libvirt says: ``uuid``'s domain is in ``state`` (a detector DomainState)."""
+        self._domain_states[uuid] = state
+        conn = self.channels.get(uuid)
+        if conn is not None:
+            conn.domain_state(state)
+
     def _add_channel(self, uuid: str, path: str) -> None:
+        self._claims.setdefault(uuid, {})["socket_dir"] = (path, ORIGIN_SOCKET_DIR)
+        self._apply_claims(uuid)
+
+    def _remove_channel(self, uuid: str) -> None:
+        self._claims.get(uuid, {}).pop("socket_dir", None)
+        self._apply_claims(uuid)
+
+    def _apply_claims(self, uuid: str) -> None:
+        claims = self._claims.get(uuid) or {}
+        want = claims.get("libvirt") or claims.get("socket_dir")
+        if not claims:
+            self._claims.pop(uuid, None)
+        if want is None:
+            self._origins.pop(uuid, None)
+            self._close_channel(uuid)
+            return
+        path, origin = want
+        self._origins[uuid] = origin
+        conn = self.channels.get(uuid)
+        if conn is not None and conn.path == path:
+            return  # the same socket seen by both: one connection
+        self._open_channel(uuid, path, origin)
+
+    def _open_channel(self, uuid: str, path: str, origin: str) -> None:
         if self.stopping:
             return
         old = self.channels.pop(uuid, None)
@@ -241,8 +307,11 @@ class Relay:
             self.sender,
             self.settings.host, clock=self._clock, wall_clock=self._wall_clock,
             on_queued=self.metrics.observe_queued if self.metrics is not None else None,
+            transport=transport_for(path, origin),
         )
         self.channels[uuid] = conn
+        if uuid in self._domain_states:
+            conn.domain_state(self._domain_states[uuid])
         name = f"channel {uuid}"
         if self._supervisor.running(name):
             asyncio.get_running_loop().create_task(self._restart(name, conn))
@@ -254,6 +323,7 @@ class Relay:
             if now - since >= self._forget_after:
                 del self._gone_since[gone_uuid]
                 self._detectors.pop(gone_uuid, None)
+                self._domain_states.pop(gone_uuid, None)
         self._gone_since.pop(uuid, None)
         detector = self._detectors.get(uuid)
         if detector is None:
@@ -266,7 +336,7 @@ class Relay:
         if self.channels.get(conn.instance_uuid) is conn and not self.stopping:
             self._supervisor.spawn(name, conn.run)
 
-    def _remove_channel(self, uuid: str) -> None:
+    def _close_channel(self, uuid: str) -> None:
         conn = self.channels.pop(uuid, None)
         if conn is None:
             return
@@ -286,10 +356,23 @@ class Relay:
         now = self._clock()
         wall = self._wall_clock()
         instances = {}
+        domains = self._safe(self._libvirt.snapshot) if self._libvirt is not None else {}
         for uuid, conn in sorted(self.channels.items()):
             item = conn.snapshot()
             item["last_failure"] = self._last_failure(uuid, wall)
+            item["origin"] = self._origins.get(uuid, ORIGIN_SOCKET_DIR)
             instances[uuid] = item
+        for uuid, domain in domains.items():  # known to libvirt, without a channel: say why
+            if uuid not in instances and isinstance(domain, dict):
+                instances[uuid] = {"origin": None,
+                                   "last_failure": self._last_failure(uuid, wall)}
+        for uuid, item in instances.items():
+            domain = domains.get(uuid) if isinstance(domains, dict) else None
+            item["libvirt"] = domain
+            # libvirt's verdict at the top, for channel-less domains too.
+            item["domain_state"] = domain.get("state") if domain else None
+            for key in ("problem", "reason", "fix"):
+                item[key] = domain.get(key) if domain else None
         return {
             "version": iim_protocol.__version__,
             "host": self.settings.host,
@@ -297,6 +380,7 @@ class Relay:
             "uptime": None if self._started_at is None else round(now - self._started_at, 3),
             "socket_dir": self.settings.channels.socket_dir,
             "instances": instances,
+            "libvirt": self._libvirt_status(),
             "ignored_files": sorted(self._discovery.ignored) if self._discovery else [],
             "outbox": self._safe(lambda: self.outbox.stats(wall)),
             "sender": self._safe(self._sender_counters),
@@ -310,6 +394,13 @@ class Relay:
 
     def wall_time(self) -> float:
         return self._wall_clock()
+
+    def _libvirt_status(self) -> dict[str, Any]:
+        if self._libvirt is None:
+            return {"uri": self.settings.libvirt.connection_uri, "enabled": False}
+        status = self._safe(self._libvirt.connection_status)
+        status.update(enabled=True, socket_dir_problem=self.socket_dir_problem)
+        return status
 
     def _last_failure(self, uuid: str, wall: float) -> Optional[dict[str, Any]]:
         entry = self._safe(lambda: self.outbox.latest_for(uuid))

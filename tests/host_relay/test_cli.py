@@ -108,7 +108,8 @@ def test_sigterm_stops_a_running_relay_in_order(tmp_path, state_dir) -> None:
             cli, ["status", "--control-socket", control, "--json"]).output, 5)
         result = runner.invoke(cli, ["status", "--control-socket", control])
         assert result.exit_code == 0, result.output
-        assert re.search(rf"{UUID}\s+connected\s+\d+\.\ds\s+armed\s+-\s+-", result.output)
+        assert re.search(rf"{UUID}\s+connected\s+socket_dir\s+\d+\.\ds\s+armed\s+-\s+-",
+                         result.output)
         assert "Outbox: 0 queued" in result.output
         snap = json.loads(runner.invoke(
             cli, ["status", "--control-socket", control, "--json"]).output)
@@ -146,6 +147,7 @@ def test_format_status_lists_failures_and_rejected_input() -> None:
         "version": "0.1.0", "host": "h", "pid": 1, "uptime": 5.0, "socket_dir": "/d",
         "instances": {UUID: {
             "channel": {"state": "backoff", "next_retry_in": 1.5},
+            "origin": "hotplug",
             "last_heartbeat_age": None,
             "detector": {"state": "cooldown"},
             "last_failure": {"kind": "guest_hang", "age": 30.0, "state": "delivered"},
@@ -157,8 +159,8 @@ def test_format_status_lists_failures_and_rejected_input() -> None:
         "ignored_files": ["junk.sock"],
     }
     text = format_status(snap)
-    assert re.search(rf"{UUID}\s+backoff \(retry 1.5s\)\s+-\s+cooldown\s+guest_hang 30.0s ago"
-                     r"\s+delivered", text)
+    assert re.search(rf"{UUID}\s+backoff \(retry 1.5s\)\s+hotplug\s+-\s+cooldown"
+                     r"\s+guest_hang 30.0s ago\s+delivered", text)
     assert "1 dead letters" in text
     assert "12 bytes skipped, 2 frames rejected (bad_crc=2)" in text
     assert "junk.sock" in text
