@@ -221,6 +221,9 @@ def test_relay_unit(tree) -> None:
     assert s["WatchdogSec"] == "30s" and s["Restart"] == "on-failure"
     assert s["ExecStart"] == "/usr/bin/iim-relay run --config-file /etc/iim/relay.conf"
     assert s["StateDirectory"] == "iim"
+    # The serial fallback opens /dev/pts/N: no device restrictions.
+    for key in ("PrivateDevices", "DeviceAllow", "DevicePolicy", "ProtectClock"):
+        assert key not in s, key
 
 
 def test_udev_rule_starts_the_agent_for_the_iim_port(tree) -> None:
