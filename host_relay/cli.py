@@ -63,6 +63,7 @@ def cli() -> None:
     Commands:
       run      run the relay in the foreground (as systemd starts it)
       status   show what a running relay sees
+      requeue  send dead-lettered notifications again
 
     \b
     Example:
@@ -180,6 +181,55 @@ def status(config_files: Sequence[str], control_socket: Optional[str], as_json: 
         click.echo(format_status(snap))
 
 
+@cli.command()
+@click.argument("ids", nargs=-1, type=int, metavar="[ID]...")
+@click.option("--all", "all_dead", is_flag=True, help="Re-queue every dead letter.")
+@click.option("--config-file", "config_files", multiple=True, metavar="FILE", help=_CONFIG_HELP)
+@click.option("--control-socket", metavar="PATH",
+              help="Control socket of the relay (default: <state_path>/control.sock).")
+def requeue(ids: Sequence[int], all_dead: bool, config_files: Sequence[str],
+            control_socket: Optional[str]) -> None:
+    """Send dead-lettered notifications again, after fixing their cause.
+
+    Masakari refuses some notifications for reasons only an operator can
+    fix: the host is not registered in a failover segment (400), or it is on
+    maintenance (409).  The relay keeps those as dead letters, listed by
+    `iim-relay status` with their ids.  Once the cause is fixed, re-queue
+    them by id, or all at once; the relay delivers them at once.
+
+    Exit status: 0, 1 when no relay answers, 2 when nothing was re-queued.
+
+    \b
+    Example:
+      iim-relay requeue 17 18
+      iim-relay requeue --all
+    """
+    from host_relay.control import ControlError, request
+
+    if not ids and not all_dead:
+        raise click.UsageError("name the dead letters' ids, or use --all")
+    if control_socket is None:
+        _, settings = _load(config_files)
+        control_socket = settings.control_socket
+    payload: dict[str, Any] = {"cmd": "requeue"}
+    payload.update({"all": True} if all_dead else {"ids": list(ids)})
+    try:
+        answer = request(control_socket, payload)
+    except ControlError as exc:
+        click.echo(f"iim-relay: {exc}", err=True)
+        sys.exit(1)
+    if "error" in answer:
+        click.echo(f"iim-relay: {answer['error']}", err=True)
+        sys.exit(2)
+    done, skipped = answer.get("requeued", []), answer.get("not_dead", [])
+    click.echo(f"re-queued: {', '.join(map(str, done)) or 'none'}")
+    if skipped:
+        click.echo(f"not dead letters (already delivered, queued or unknown): "
+                   f"{', '.join(map(str, skipped))}")
+    if not done:
+        sys.exit(2)
+
+
 def _age(value: Any) -> str:
     if value is None:
         return "-"
@@ -231,6 +281,13 @@ def format_status(snap: dict[str, Any]) -> str:
     oldest = _age(ob.get("oldest_queued_age"))
     lines += ["", f"Outbox: {ob.get('depth', '?')} queued, oldest {oldest}, "
               f"{ob.get('retrying', 0)} retrying, {ob.get('dead', '?')} dead letters"]
+    dead = snap.get("dead_letters")
+    if isinstance(dead, list) and dead:
+        lines += ["", "Dead letters (fix the cause, then `iim-relay requeue ID` or --all):"]
+        for e in dead:
+            lines.append(f"  #{e.get('id')} {e.get('instance_uuid')} {e.get('kind')} "
+                         f"{_age(e.get('age'))} ago: HTTP {e.get('last_status')}: "
+                         f"{e.get('last_error')}")
     lv = snap.get("libvirt") or {}
     if lv.get("enabled"):
         state = "connected" if lv.get("connected") else f"not connected ({lv.get('last_error')})"

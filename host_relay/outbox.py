@@ -276,6 +276,13 @@ class Outbox:
         rows = self._query("SELECT * FROM outbox ORDER BY id DESC LIMIT ?", (limit,))
         return [self._entry(r) for r in rows]
 
+    def dead(self, limit: int = 50) -> list[Entry]:
+        """Dead-lettered entries, newest first: what an operator must look at."""
+        rows = self._query(
+            "SELECT * FROM outbox WHERE state = 'dead' ORDER BY id DESC LIMIT ?", (limit,)
+        )
+        return [self._entry(r) for r in rows]
+
     def latest_for(self, instance_uuid: str) -> Optional[Entry]:
         rows = self._query(
             "SELECT * FROM outbox WHERE instance_uuid = ? ORDER BY id DESC LIMIT 1",

@@ -15,8 +15,8 @@ connection refused, timeouts           jitter, without limit: never dropped
 The :class:`Sender` task sleeps on an :class:`asyncio.Event` until the next
 entry is due (``Outbox.next_due_at``) or :meth:`Sender.wake` is called after a
 ``put()``; it never polls.  A dead-lettered entry stays in the outbox
-(``state = 'dead'``, visible in ``stats()``/``recent()``) until an operator
-re-queues it.
+(``state = 'dead'``, listed in ``iim-relay status``) until an operator
+re-queues it (``iim-relay requeue``).
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ def classify(result: Result, hostname: str = "") -> Verdict:
                     f"host {host} is on maintenance in Masakari: it refuses notifications "
                     "from it; take it out of maintenance (`openstack segment host update "
                     "<segment> <host> --on_maintenance False`) if it should be protected, "
-                    f"then re-queue the entry. Masakari said: {text}"
+                    f"then `iim-relay requeue --all`. Masakari said: {text}"
                 ),
             )
         return Verdict(Action.RETRY, message=f"409 conflict: {text}")
@@ -94,7 +94,8 @@ def classify(result: Result, hostname: str = "") -> Verdict:
                 message=(
                     f"host {name} is not registered in any Masakari failover segment: add "
                     f"it with `openstack segment host create` or set [DEFAULT] host to the "
-                    f"name Masakari knows this compute host by. Masakari said: {text}"
+                    f"name Masakari knows this compute host by (then restart the relay), and "
+                    f"`iim-relay requeue --all`. Masakari said: {text}"
                 ),
             )
         return Verdict(

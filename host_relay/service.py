@@ -30,6 +30,7 @@ LOG = logging.getLogger(__name__)
 _RESTART_INITIAL = 1.0
 _RESTART_MAX = 30.0
 _RESTART_STABLE = 60.0  # a part that ran this long restarts from the initial delay
+_MAX_REQUEUE = 1000  # entries per requeue request: one answer line stays small
 _FORGET_DETECTOR_AFTER = 3600.0  # without a notification window in the detector config
 
 
@@ -350,7 +351,25 @@ class Relay:
         cmd = request.get("cmd")
         if cmd == "status":
             return self.snapshot()
-        return {"error": f"unknown command {str(cmd)[:40]!r} (known: status)"}
+        if cmd == "requeue":
+            return self._requeue(request)
+        return {"error": f"unknown command {str(cmd)[:40]!r} (known: status, requeue)"}
+
+    def _requeue(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Queue dead letters again once the operator fixed the cause (host, maintenance)."""
+        ids = request.get("ids")
+        if request.get("all"):
+            ids = [e.id for e in self.outbox.dead(_MAX_REQUEUE)]
+        if (not isinstance(ids, list) or not ids or len(ids) > _MAX_REQUEUE
+                or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids)):
+            return {"error": f"requeue needs 'ids' (1 to {_MAX_REQUEUE} integers) or 'all'"}
+        now = self._wall_clock()
+        requeued = [i for i in ids if self.outbox.requeue(i, now)]
+        if requeued:
+            LOG.warning("Re-queued dead-lettered notifications %s on operator request",
+                        requeued)
+            self.sender.wake()
+        return {"requeued": requeued, "not_dead": [i for i in ids if i not in requeued]}
 
     def snapshot(self) -> dict[str, Any]:
         now = self._clock()
@@ -383,6 +402,8 @@ class Relay:
             "libvirt": self._libvirt_status(),
             "ignored_files": sorted(self._discovery.ignored) if self._discovery else [],
             "outbox": self._safe(lambda: self.outbox.stats(wall)),
+            "dead_letters": self._safe(lambda: [self._entry_dict(e, wall)
+                                                for e in self.outbox.dead(20)]),
             "sender": self._safe(self._sender_counters),
             "restarts": dict(self._supervisor.restarts),
         }
@@ -406,6 +427,10 @@ class Relay:
         entry = self._safe(lambda: self.outbox.latest_for(uuid))
         if entry is None or isinstance(entry, dict):
             return entry
+        return self._entry_dict(entry, wall)
+
+    @staticmethod
+    def _entry_dict(entry: Any, wall: float) -> dict[str, Any]:
         out = dataclasses.asdict(entry) if dataclasses.is_dataclass(entry) else dict(vars(entry))
         out["age"] = round(wall - out.get("created_at", wall), 3)
         return out

@@ -21,6 +21,7 @@ from iim_protocol.messages import Failure, Hello
 from tests.host_relay.relay_testing import short_dir
 
 INSTANCE = "5d1c2b3a-4e5f-4a6b-8c7d-9e0f1a2b3c4d"
+OTHER = "5d1c2b3a-4e5f-4a6b-8c7d-9e0f1a2b3c4e"  # the masakari-api is shared by the tests
 
 pytestmark = pytest.mark.masakari
 
@@ -53,35 +54,49 @@ def status(state_dir: str) -> dict:
         return {}
 
 
-def test_queued_notification_survives_sigkill_and_outage(tmp_path, state_dir, masakari,
-                                                         masakari_host) -> None:
+def write_conf(tmp_path, state_dir: str, host: str, url: str) -> str:
     conf = tmp_path / "iim-relay.conf"
     conf.write_text(
         "[DEFAULT]\n"
-        f"host = {masakari_host}\n"
+        f"host = {host}\n"
         f"state_path = {state_dir}\n"
         "[channels]\n"
         f"socket_dir = {state_dir}/ch\n"
         "reconnect_initial = 0.1\n"
         "[masakari]\n"
         "auth_type = none\n"
-        f"endpoint = {masakari.url}\n"
+        f"endpoint = {url}\n"
         "backoff_initial = 0.2\n"
         "backoff_max = 1\n"
     )
-    os.makedirs(f"{state_dir}/ch")
-    guest = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)  # plays QEMU's chardev
-    guest.bind(f"{state_dir}/ch/{INSTANCE}.sock")
+    return str(conf)
+
+
+def guest_socket(state_dir: str, instance: str = INSTANCE) -> socket.socket:
+    """Plays QEMU's chardev for the instance: the relay connects to it."""
+    os.makedirs(f"{state_dir}/ch", exist_ok=True)
+    guest = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    guest.bind(f"{state_dir}/ch/{instance}.sock")
     guest.listen(1)
     guest.settimeout(10)
+    return guest
+
+
+FAILURE_FRAMES = (encode(Hello(protocol_version=1, agent_version="t", boot_id="b",
+                               heartbeat_interval=1.0))
+                  + encode(Failure(seq=1, check="db", reason="exited")))
+
+
+def test_queued_notification_survives_sigkill_and_outage(tmp_path, state_dir, masakari,
+                                                         masakari_host) -> None:
+    conf = write_conf(tmp_path, state_dir, masakari_host, masakari.url)
+    guest = guest_socket(state_dir)
     log = open(tmp_path / "relay.log", "ab")  # noqa: SIM115
     masakari.stop()  # Masakari is down when the failure happens
-    relay = start_relay(str(conf), log)
+    relay = start_relay(conf, log)
     try:
         conn, _ = guest.accept()
-        conn.sendall(encode(Hello(protocol_version=1, agent_version="t", boot_id="b",
-                                  heartbeat_interval=1.0))
-                     + encode(Failure(seq=1, check="db", reason="exited")))
+        conn.sendall(FAILURE_FRAMES)
         snap = wait_for("a retried outbox entry",
                         lambda: (s := status(state_dir)) and s["outbox"]["retrying"] >= 1 and s,
                         15)
@@ -92,7 +107,7 @@ def test_queued_notification_survives_sigkill_and_outage(tmp_path, state_dir, ma
         relay.wait(timeout=10)
         conn.close()
         masakari.start()
-        relay = start_relay(str(conf), log)
+        relay = start_relay(conf, log)
 
         found = wait_for("the notification in masakari",
                          lambda: masakari.notifications_for(INSTANCE), 30)
@@ -106,6 +121,51 @@ def test_queued_notification_survives_sigkill_and_outage(tmp_path, state_dir, ma
         assert found[0]["payload"] == {"event": "LIFECYCLE", "instance_uuid": INSTANCE,
                                        "vir_domain_event": "STOPPED_FAILED"}
         assert found[0]["type"] == "VM"
+    finally:
+        relay.send_signal(signal.SIGTERM)
+        try:
+            relay.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            relay.kill()
+        guest.close()
+        log.close()
+
+
+def test_dead_letter_is_shown_and_requeued_after_the_fix(tmp_path, state_dir, masakari,
+                                                         masakari_host) -> None:
+    masakari.set_maintenance(masakari_host, True)
+    conf = write_conf(tmp_path, state_dir, masakari_host, masakari.url)
+    guest = guest_socket(state_dir, OTHER)
+    log = open(tmp_path / "relay.log", "ab")  # noqa: SIM115
+    relay = start_relay(conf, log)
+    try:
+        conn, _ = guest.accept()
+        conn.sendall(FAILURE_FRAMES)
+        snap = wait_for("a dead letter", lambda: (s := status(state_dir))
+                        and s.get("dead_letters") and s, 15)
+        (dead,) = snap["dead_letters"]
+        assert dead["instance_uuid"] == OTHER and dead["last_status"] == 409
+        assert "maintenance" in dead["last_error"]
+        shown = subprocess.run([sys.executable, "-m", "host_relay.cli", "status",
+                                "--config-file", conf], capture_output=True, text=True,
+                               timeout=30)
+        assert f"#{dead['id']} {OTHER}" in shown.stdout and "requeue" in shown.stdout
+        assert masakari.notifications_for(OTHER) == []
+
+        masakari.set_maintenance(masakari_host, False)  # the operator fixes the cause
+        done = subprocess.run([sys.executable, "-m", "host_relay.cli", "requeue", "--all",
+                               "--config-file", conf], capture_output=True, text=True,
+                              timeout=30)
+        assert done.returncode == 0, done.stderr
+        assert f"re-queued: {dead['id']}" in done.stdout
+        found = wait_for("the notification in masakari",
+                         lambda: masakari.notifications_for(OTHER), 15)
+        assert len(found) == 1
+        again = subprocess.run([sys.executable, "-m", "host_relay.cli", "requeue",
+                                str(dead["id"]), "--config-file", conf],
+                               capture_output=True, text=True, timeout=30)
+        assert again.returncode == 2 and "not dead letters" in again.stdout
+        conn.close()
     finally:
         relay.send_signal(signal.SIGTERM)
         try:
