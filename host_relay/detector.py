@@ -117,7 +117,7 @@ def _check_number(name: str, value: Any, lo: float, hi: float, why: str) -> None
 class DetectorConfig:
     """Limits of one detector.  Validated here, each limit with its reason."""
 
-    missed_heartbeats: int = 3  # hang = this many intervals without a heartbeat
+    missed_heartbeats: int = 10  # hang = this many intervals without a heartbeat
     min_interval: float = 0.5  # clamp for the guest's hello heartbeat_interval
     max_interval: float = 10.0
     min_uptime: float = 10.0  # no hang detection until this long after hello

@@ -50,8 +50,8 @@ def test_every_relay_option_has_a_row_in_its_group():
 
 def test_bounds_and_defaults_come_from_the_options():
     text = config_doc.render()
-    # [detector] missed_heartbeats: IntOpt(default=3, min=2, max=100)
-    assert re.search(r"^\| `missed_heartbeats` \| integer \| `3` \| 2 to 100 \|", text, re.M)
+    # [detector] missed_heartbeats: IntOpt(default=10, min=2, max=100)
+    assert re.search(r"^\| `missed_heartbeats` \| integer \| `10` \| 2 to 100 \|", text, re.M)
     # A per-host default is shown as its sample_default, never this machine's name.
     assert "| `host` | string | `<current hostname>` |" in text
 

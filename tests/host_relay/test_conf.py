@@ -32,7 +32,7 @@ SAMPLE = ROOT / "etc" / "iim-relay.conf.sample"
 GENERATOR_CONF = ROOT / "etc" / "iim-relay-config-generator.conf"
 
 DETECTOR_DEFAULTS = {
-    "missed_heartbeats": 3,
+    "missed_heartbeats": 10,
     "min_interval": 0.5,
     "max_interval": 10.0,
     "min_uptime": 10.0,
@@ -280,7 +280,7 @@ def test_out_of_range_message_reads_as_documented(tmp_path):
     path = _write(tmp_path, "[detector]\nmissed_heartbeats = 1\n")
     assert _error(path) == (
         f"{path}: [detector] missed_heartbeats = 1 is out of range: "
-        "must be between 2 and 100 (line 2; default 3)"
+        "must be between 2 and 100 (line 2; default 10)"
     )
 
 
@@ -401,7 +401,7 @@ def test_unknown_option_warns_with_the_closest_name(tmp_path):
         "with endpoint = URL for a masakari-api without Keystone); notifications wait in "
         "the outbox until then",
     ]
-    assert conf.detector.missed_heartbeats == 3  # oslo ignored it: hence the warning
+    assert conf.detector.missed_heartbeats == 10  # oslo ignored it: hence the warning
 
 
 def test_unknown_section_warns_with_the_closest_name(tmp_path):

@@ -35,7 +35,9 @@ from iim_protocol.messages import (
 )
 
 UUID = "6f1e5c2a-0000-4000-8000-000000000001"
-CFG = DetectorConfig()  # interval 1 s below unless said: hang after 3 s, min_uptime 10 s
+# The examples below use 3 missed heartbeats (the default is 10): interval 1 s unless
+# said, hang after 3 s, min_uptime 10 s.
+CFG = DetectorConfig(missed_heartbeats=3)
 
 
 def before(t: float) -> float:
@@ -107,6 +109,7 @@ def assert_deadline_is_exact(d: Detector) -> float:
 
 
 def test_default_config_is_valid_and_the_brief_values():
+    assert DetectorConfig() == dataclasses.replace(CFG, missed_heartbeats=10)
     assert (CFG.missed_heartbeats, CFG.min_interval, CFG.max_interval) == (3, 0.5, 10.0)
     assert (CFG.min_uptime, CFG.max_pause, CFG.cooldown) == (10.0, 3600.0, 300.0)
     assert (CFG.max_notifications, CFG.notification_window) == (3, 3600.0)
@@ -302,7 +305,7 @@ def test_tick_slightly_late_still_notifies():
 
 
 def test_input_after_a_missed_deadline_runs_the_timer_first():
-    d = armed(DetectorConfig(late_tolerance=100))
+    d = armed(DetectorConfig(missed_heartbeats=3, late_tolerance=100))
     beat(d, 1, 20)
     out = d.message(hb(), 30)  # too late: the guest was silent from 20 to 30
     assert [n.at for n in notifies(out)] == [23.0]
@@ -457,7 +460,7 @@ def test_goodbye_during_cooldown():
 
 
 def test_zero_cooldown():
-    d = armed(DetectorConfig(cooldown=0))
+    d = armed(DetectorConfig(missed_heartbeats=3, cooldown=0))
     d.message(Failure(1, "sshd", "gone"), 5)
     assert d.state is State.FAILED
     assert d.next_deadline() is None
@@ -467,7 +470,8 @@ def test_zero_cooldown():
 
 
 def test_storm_cap_over_a_sliding_window():
-    cfg = DetectorConfig(cooldown=10, max_notifications=3, notification_window=100,
+    cfg = DetectorConfig(missed_heartbeats=3,
+                         cooldown=10, max_notifications=3, notification_window=100,
                          min_uptime=1000)
     d = armed(cfg)
     sent = []
@@ -493,7 +497,8 @@ def test_storm_cap_over_a_sliding_window():
 
 
 def test_storm_cap_also_holds_for_hangs():
-    cfg = DetectorConfig(cooldown=0, max_notifications=1, notification_window=1000,
+    cfg = DetectorConfig(missed_heartbeats=3,
+                         cooldown=0, max_notifications=1, notification_window=1000,
                          min_uptime=0)
     d = armed(cfg)
     assert notifies(d.tick(3))
@@ -526,7 +531,7 @@ def test_pause_is_clamped_and_suppresses_until_it_expires_then_hang():
 
 
 def test_pause_expiry_seen_late_uses_the_pause_end():
-    d = armed(DetectorConfig(late_tolerance=100))
+    d = armed(DetectorConfig(missed_heartbeats=3, late_tolerance=100))
     beat(d, 1, 20)
     d.message(Pause(50, "fsfreeze"), 20)
     [n] = notifies(d.tick(80))
