@@ -136,6 +136,8 @@ class RelayProcess:
             f"socket_dir = {self.socket_dir}",
             "[detector]",
             *(f"{k} = {v}" for k, v in (detector or {}).items()),
+            "[libvirt]",
+            "connection_uri =",
             "[masakari]",
             "auth_type = none",
             f"endpoint = {masakari_url}",

@@ -92,6 +92,8 @@ class Demo:
             f"socket_dir = {self.channels}\n"
             "[detector]\n"
             "min_uptime = 2\n"
+            "[libvirt]\n"
+            "connection_uri =\n"  # the demo has no libvirt: channels come from socket_dir
             "[masakari]\n"
             "auth_type = none\n"
             f"endpoint = {self.server.url}\n"

@@ -89,9 +89,14 @@ class MetricsSettings:
 
 @dataclasses.dataclass(frozen=True)
 class LibvirtSettings:
-    """[libvirt]: an empty ``connection_uri`` turns the libvirt integration off."""
+    """[libvirt]: an empty ``connection_uri`` turns the libvirt integration off.
 
-    connection_uri: str = "qemu:///system"
+    Off unless asked for here: code (and tests) that build settings by hand
+    get no libvirt connection.  The operator-facing default, qemu:///system,
+    is the oslo option's, which ``settings_from`` always passes in.
+    """
+
+    connection_uri: str = ""
     opt_in: str = "all"  # all | match | list
     match_name: str = ""  # regex searched in the domain name
     match_metadata: str = ""  # regex searched in "<nova project>/<nova name>"

@@ -37,6 +37,8 @@ def write_conf(tmp_path, state_dir: str, channels_extra: str = "") -> str:
         "[channels]\n"
         f"socket_dir = {state_dir}/ch\n"
         "reconnect_initial = 0.1\n" + channels_extra +
+        "[libvirt]\n"
+        "connection_uri =\n"
         "[masakari]\n"
         "auth_type = none\n"
         "endpoint = http://127.0.0.1:9\n"

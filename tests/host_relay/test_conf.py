@@ -25,7 +25,7 @@ from host_relay import conf as relay_conf
 from host_relay.conf import masakari as masakari_conf
 from host_relay.conf import opts as conf_opts
 from host_relay.conf.loader import DETECTOR_FIELDS
-from host_relay.settings import ChannelSettings, DeliverySettings, RelaySettings
+from host_relay.settings import ChannelSettings, DeliverySettings, LibvirtSettings, RelaySettings
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "etc" / "iim-relay.conf.sample"
@@ -131,7 +131,8 @@ def test_entry_point_lists_the_same_options():
 
 def test_defaults_load_without_a_file():
     conf = _load()
-    assert relay_conf.settings_from(conf) == RelaySettings(host=socket.gethostname())
+    assert relay_conf.settings_from(conf) == RelaySettings(
+        host=socket.gethostname(), libvirt=LibvirtSettings(connection_uri="qemu:///system"))
     assert relay_conf.detector_config_from(conf) == DETECTOR_DEFAULTS
     assert tuple(relay_conf.detector_config_from(conf)) == DETECTOR_FIELDS
     assert conf.masakari.auth_type == "password"
@@ -212,6 +213,7 @@ def test_each_group_from_a_real_file(tmp_path):
         delivery=DeliverySettings(
             backoff_initial=2.0, backoff_max=120.0, jitter=0.5, request_timeout=30.0
         ),
+        libvirt=LibvirtSettings(connection_uri="qemu:///system"),
     )
     assert relay_conf.detector_config_from(conf) == {
         "missed_heartbeats": 5,

@@ -63,6 +63,8 @@ def write_conf(tmp_path, state_dir: str, host: str, url: str) -> str:
         "[channels]\n"
         f"socket_dir = {state_dir}/ch\n"
         "reconnect_initial = 0.1\n"
+        "[libvirt]\n"
+        "connection_uri =\n"
         "[masakari]\n"
         "auth_type = none\n"
         f"endpoint = {url}\n"

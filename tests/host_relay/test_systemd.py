@@ -70,6 +70,7 @@ def _conf(tmp_path, state: str) -> str:
     path.write_text(
         f"[DEFAULT]\nstate_path = {state}\nhost = compute-sd\nshutdown_grace = 1\n"
         f"[channels]\nsocket_dir = {state}/ch\nreconnect_initial = 0.1\n"
+        "[libvirt]\nconnection_uri =\n"
         "[masakari]\nauth_type = none\nendpoint = http://127.0.0.1:9\n"
     )
     return str(path)

@@ -181,6 +181,7 @@ def test_relay_runs_on_the_distributions_python(installed, tmp_path) -> None:
         conf = tmp_path / "relay.conf"
         conf.write_text(f"[DEFAULT]\nstate_path = {sock_dir}\nhost = pkgtest\nshutdown_grace = 1\n"
                         f"[channels]\nsocket_dir = {sock_dir}/ch\n"
+                        "[libvirt]\nconnection_uri =\n"
                         "[masakari]\nauth_type = none\nendpoint = http://127.0.0.1:9\n")
         notify_path = os.path.join(sock_dir, "notify")
         sd = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
