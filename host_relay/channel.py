@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import errno
 import logging
 import random
 import time
@@ -139,6 +140,7 @@ class ChannelConnection:
         self._timer: Optional[asyncio.TimerHandle] = None
         self._timer_deadline: Optional[float] = None
         self._last_throttle_log = float("-inf")
+        self._logged_errno: Optional[int] = None
 
     # -- life cycle ---------------------------------------------------------
 
@@ -193,9 +195,9 @@ class ChannelConnection:
         except OSError as exc:
             self.counters["connect_failures"] += 1
             self.last_error = f"connect: {exc.strerror or exc}"
-            LOG.debug("Channel of instance %s: cannot connect to %s: %s",
-                      self.instance_uuid, self.path, exc)
+            self._log_connect_failure(exc)
             return False
+        self._logged_errno = None
         self.counters["connects"] += 1
         self._set_state(STATE_CONNECTED)
         self._connected = True
@@ -217,6 +219,21 @@ class ChannelConnection:
             if not self._closing:
                 self._safe_detector_call("channel_closed")
         return self.decoder.stats.frames_ok > ok_before
+
+    def _log_connect_failure(self, exc: OSError) -> None:
+        """Each kind of failure once per run of failures, not once per retry."""
+        if exc.errno == self._logged_errno:
+            LOG.debug("Channel of instance %s: cannot connect to %s: %s",
+                      self.instance_uuid, self.path, exc)
+            return
+        self._logged_errno = exc.errno
+        if exc.errno in (errno.EMFILE, errno.ENFILE):
+            LOG.error("Channel of instance %s: out of file descriptors (%s): this instance "
+                      "is NOT watched; raise the relay's open-file limit (systemd: "
+                      "LimitNOFILE=)", self.instance_uuid, exc)
+        else:
+            LOG.warning("Channel of instance %s: cannot connect to %s: %s (retrying with "
+                        "backoff)", self.instance_uuid, self.path, exc)
 
     # -- reading ------------------------------------------------------------
 

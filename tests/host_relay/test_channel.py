@@ -103,11 +103,13 @@ def test_failure_frame_becomes_a_durable_outbox_entry(sock_dir, tmp_path) -> Non
     asyncio.run(main())
 
 
-def test_refused_socket_is_retried_with_backoff(sock_dir, tmp_path) -> None:
+def test_refused_socket_is_retried_with_backoff(sock_dir, tmp_path, caplog) -> None:
     path = os.path.join(sock_dir, f"{UUID_A}.sock")
     stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     stale.bind(path)  # bound but never listening: connect() is refused
     stale.close()
+
+    caplog.set_level(logging.DEBUG, logger="host_relay.channel")
 
     async def main() -> None:
         rig = Rig(sock_dir, tmp_path)
@@ -129,6 +131,10 @@ def test_refused_socket_is_retried_with_backoff(sock_dir, tmp_path) -> None:
             assert len(gaps) >= 3
             assert all(g <= 0.4 * 1.2 + 0.05 for g in gaps)
             assert gaps[-1] > 0.4 * 0.8 - 0.01  # reached the cap
+            # Said once at WARNING, not once per retry.
+            warned = [r for r in caplog.records if r.levelno == logging.WARNING
+                      and "cannot connect" in r.getMessage() and UUID_A in r.getMessage()]
+            assert len(warned) == 1 and conn.counters["connect_failures"] >= 6
             # QEMU starts listening: the channel connects on its next retry.
             os.unlink(path)
             guest = await FakeGuest(sock_dir, UUID_A).start()
