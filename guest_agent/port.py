@@ -9,6 +9,10 @@ get ``EAGAIN`` and nothing is buffered for later, so frames are dropped
 send its whole state again.  A tty (``/dev/ttyS1``) is configured raw 8N1
 with pyserial and then used the same way through its fd.
 
+Without udev (minimal images, early boot) there is no
+``/dev/virtio-ports/<name>`` link, only the ``/dev/vportNpM`` node whose name
+is in ``/sys/class/virtio-ports/vportNpM/name``: :func:`find_vport` finds it.
+
 Each condition is logged once when it starts, not on every retry.
 """
 
@@ -43,6 +47,10 @@ SERIAL_BAUDRATE = 115200
 # errnos that mean this open file is dead: close it and open the path again.
 REOPEN_ERRNOS = (errno.ENODEV, errno.ENXIO, errno.EIO, errno.EPIPE, errno.EBADF)
 
+# udev's links live in DEV_ROOT/virtio-ports; the kernel names each port in sysfs.
+DEV_ROOT = "/dev"
+SYSFS_VIRTIO_PORTS = "/sys/class/virtio-ports"
+
 CLOSED = "closed"
 _READ, _EOF, _CLOSED_NOW = "read", "eof", "closed_now"  # results of Port._drain
 NO_HOST = "no_host"
@@ -60,6 +68,31 @@ def _read_returns_data(fd: int) -> None:
     termios.tcsetattr(fd, termios.TCSANOW, attrs)
 
 
+def find_vport(
+    path: str, sysfs_root: str = SYSFS_VIRTIO_PORTS, dev_root: str = DEV_ROOT
+) -> Optional[str]:
+    """The ``/dev/vportNpM`` node behind ``/dev/virtio-ports/<name>``, or None.
+
+    Only for paths in udev's virtio-ports directory: the kernel names each
+    port in ``sysfs_root/vportNpM/name``; the node is ``dev_root/vportNpM``.
+    """
+    links, name = os.path.split(path)
+    if links != os.path.join(dev_root, "virtio-ports") or not name:
+        return None
+    try:
+        entries = sorted(os.listdir(sysfs_root))
+    except OSError:
+        return None
+    for entry in entries:
+        try:
+            with open(os.path.join(sysfs_root, entry, "name"), encoding="utf-8") as f:
+                if f.read().strip() == name:
+                    return os.path.join(dev_root, entry)
+        except (OSError, UnicodeDecodeError):
+            continue
+    return None
+
+
 class Port:
     """A non-blocking, self-healing writer of frames (and reader of host bytes)."""
 
@@ -69,8 +102,13 @@ class Port:
         reactor: Reactor,
         clock: Callable[[], float],
         on_connect: Callable[[], None],
+        sysfs_root: str = SYSFS_VIRTIO_PORTS,
+        dev_root: str = DEV_ROOT,
     ) -> None:
         self.path = path
+        self.device = path  # what was opened: path, or the vport node find_vport found
+        self._sysfs_root = sysfs_root
+        self._dev_root = dev_root
         self._reactor = reactor
         self._clock = clock
         self._on_connect = on_connect
@@ -154,6 +192,7 @@ class Port:
     def info(self) -> dict:
         return {
             "path": self.path,
+            "device": self.device,
             "kind": "tty" if self.is_tty else "virtio-serial",
             "state": self.state,
             "open": self._fd is not None,
@@ -176,18 +215,31 @@ class Port:
             self._condition = condition
             LOG.warning(message, *args)
 
+    def _resolve(self) -> str:
+        """``path``, or the vport node named like it when udev made no link."""
+        if os.path.exists(self.path):
+            return self.path
+        found = find_vport(self.path, self._sysfs_root, self._dev_root)
+        if found is None:
+            return self.path
+        if found != self.device:
+            LOG.info("port %s has no udev link: opening %s, which sysfs names %s",
+                     self.path, found, os.path.basename(self.path))
+        return found
+
     def _open(self) -> None:
+        self.device = device = self._resolve()
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_NONBLOCK | os.O_NOCTTY)
+            fd = os.open(device, os.O_RDWR | os.O_NONBLOCK | os.O_NOCTTY)
         except OSError as exc:
             self._open_failed(exc)
             return
-        self.is_tty = os.isatty(fd) or os.path.basename(self.path).startswith("tty")
+        self.is_tty = os.isatty(fd) or os.path.basename(device).startswith("tty")
         if self.is_tty:
             os.close(fd)
             try:
                 self._serial = serial.Serial(
-                    self.path,
+                    device,
                     baudrate=SERIAL_BAUDRATE,
                     bytesize=serial.EIGHTBITS,
                     parity=serial.PARITY_NONE,
