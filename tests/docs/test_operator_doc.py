@@ -180,3 +180,15 @@ def test_relative_links_resolve(doc):
         if re.match(r"\w+://", target):
             continue
         assert (doc.parent / target).exists(), f"{doc.name}: broken link {target}"
+
+
+def test_metric_names_in_the_guide_are_served(tmp_path):
+    """Every iim_relay_* series the guide names is one the relay's collector makes."""
+    from host_relay import metrics
+
+    source = Path(metrics.__file__).read_text()
+    named = set(re.findall(r"`(iim_relay_[a-z_]+?)(?:_total)?`", (ROOT / "docs" / "operator.md")
+                           .read_text()))
+    assert len(named) >= 15
+    missing = sorted(n for n in named if f'"{n}"' not in source)
+    assert not missing, f"docs/operator.md names metrics the relay does not serve: {missing}"
