@@ -38,7 +38,8 @@ STOP_TIMEOUT = 15.0
 class RelayProcess:
     """``iim-relay run`` against the fixture's libvirtd; its output goes to a log file."""
 
-    def __init__(self, daemon: LibvirtDaemon, tmp_path, **libvirt_opts: str) -> None:
+    def __init__(self, daemon: LibvirtDaemon, tmp_path, host: str = "compute-libvirt",
+                 endpoint: str = "http://127.0.0.1:9", **libvirt_opts: str) -> None:
         self.daemon = daemon
         self.state_dir = daemon.socket_dir("st")  # short: the control socket lives here
         # Created by root, as a package would: the relay itself must hand it to QEMU's user.
@@ -52,7 +53,7 @@ class RelayProcess:
         self.conf.write_text(
             "[DEFAULT]\n"
             f"state_path = {self.state_dir}\n"
-            "host = compute-libvirt\n"
+            f"host = {host}\n"
             "shutdown_grace = 2\n"
             "[channels]\n"
             f"socket_dir = {self.socket_dir}\n"
@@ -60,7 +61,7 @@ class RelayProcess:
             "reconnect_max = 1\n"
             "[masakari]\n"
             "auth_type = none\n"
-            "endpoint = http://127.0.0.1:9\n"
+            f"endpoint = {endpoint}\n"
             "[libvirt]\n" + "".join(f"{k} = {v}\n" for k, v in opts.items())
         )
         self.proc: subprocess.Popen | None = None
