@@ -179,7 +179,11 @@ def ensure_base(cache: Optional[str] = None) -> BaseImage:
         shutil.rmtree(work, ignore_errors=True)
         shutil.rmtree(final, ignore_errors=True)
         os.makedirs(work)
-        _build(work)
+        try:
+            _build(work)
+        except BaseException:
+            shutil.rmtree(work, ignore_errors=True)  # a half-built rootfs is ~600 MB
+            raise
         with open(os.path.join(work, "recipe.json"), "w") as f:
             json.dump(RECIPE, f, indent=2, sort_keys=True)
         os.rename(work, final)
