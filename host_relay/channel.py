@@ -39,8 +39,10 @@ STATE_CLOSED = "closed"
 
 # A connection that lasted this long (or carried a valid frame) resets backoff.
 _STABLE_SECONDS = 10.0
-# Throttling is logged at most this often per channel.
+# Throttling and rejected input are logged at most this often per channel:
+# a hostile guest must not be able to flood the host's log.
 _THROTTLE_LOG_EVERY = 60.0
+_BAD_INPUT_LOG_EVERY = 60.0
 # Retry delay after the detector itself raised in tick().
 _TICK_RETRY = 1.0
 
@@ -141,6 +143,8 @@ class ChannelConnection:
         self._timer_deadline: Optional[float] = None
         self._last_throttle_log = float("-inf")
         self._logged_errno: Optional[int] = None
+        self._skipped_seen = 0
+        self._last_bad_log = float("-inf")
 
     # -- life cycle ---------------------------------------------------------
 
@@ -253,15 +257,33 @@ class ChannelConnection:
                 return
             now = self._clock()
             self._bytes.take(len(data), now)
-            seen = stats.frames_ok + stats.frames_rejected
+            ok_before, bad_before = stats.frames_ok, stats.frames_rejected
             messages = self.decoder.feed(data)
-            self._frames.take(stats.frames_ok + stats.frames_rejected - seen, now)
+            bad = stats.frames_rejected
+            self._frames.take(stats.frames_ok - ok_before + bad - bad_before, now)
+            if bad != bad_before or stats.bytes_skipped != self._skipped_seen:
+                self._bad_input(now)
             for msg in messages:
                 self.last_message_at = now
                 if isinstance(msg, Heartbeat):
                     self.last_heartbeat_at = now
                     self.counters["heartbeats"] += 1
                 self._carry_out(self.detector.message(msg, now))
+
+    def _bad_input(self, now: float) -> None:
+        """Rejected input is counted always and logged at most once a minute."""
+        stats = self.decoder.stats
+        self._skipped_seen = stats.bytes_skipped
+        if now - self._last_bad_log < _BAD_INPUT_LOG_EVERY:
+            return
+        self._last_bad_log = now
+        LOG.warning(
+            "Instance %s sent input that is not iim frames: %d bytes skipped, %d frames "
+            "rejected (%s) so far; an outdated agent or another program writing to the "
+            "port would do this (see `iim-relay status`)",
+            self.instance_uuid, stats.bytes_skipped, stats.frames_rejected,
+            ", ".join(f"{k}={v}" for k, v in sorted(stats.rejected.items())) or "none",
+        )
 
     def _throttled(self, now: float, wait: float) -> None:
         which = "bytes" if self._bytes.delay(now) > 0 else "frames"
