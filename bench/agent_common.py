@@ -10,7 +10,6 @@ collects bench/.
 from __future__ import annotations
 
 import os
-import platform
 import select
 import shutil
 import subprocess
@@ -24,11 +23,13 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+import figures  # noqa: E402
+from figures import cpu_seconds, load, percentile, rss_bytes  # noqa: E402,F401 - re-exported
+
 from iim_protocol.codec import Decoder  # noqa: E402
 from iim_protocol.messages import Message  # noqa: E402
 
 SLEEP = shutil.which("sleep") or "/bin/sleep"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 LABEL_WIDTH = 30
 
 
@@ -157,22 +158,6 @@ def stop_targets(procs: list[subprocess.Popen]) -> None:
 # -- /proc readings --------------------------------------------------------------
 
 
-def rss_bytes(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no VmRSS for pid {pid}")
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of ``pid`` from /proc/PID/stat (clock-tick resolution)."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    # fields[0] is field 3 (state); utime and stime are fields 14 and 15.
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
 def run_ns(pid: int) -> int:
     """Time on a CPU of all of ``pid``'s threads, in ns (/proc/PID/task/*/schedstat)."""
     total = 0
@@ -188,45 +173,14 @@ def run_ns(pid: int) -> int:
 # -- figures -------------------------------------------------------------------
 
 
-def percentile(sorted_values: list[float], p: float) -> float:
-    """Nearest-rank percentile of already sorted values."""
-    if not sorted_values:
-        return float("nan")
-    rank = max(1, -(-len(sorted_values) * p // 100))  # ceil(n * p / 100)
-    return sorted_values[int(rank) - 1]
-
-
 def machine() -> list[tuple[str, str]]:
-    model = "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
     procs = sum(1 for d in os.listdir("/proc") if d.isdigit())
-    return [
-        ("cpus (nproc)", str(os.cpu_count())),
-        ("cpu model", model),
-        ("kernel", platform.release()),
-        ("processes on the machine", str(procs)),
-    ]
-
-
-def load() -> str:
-    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+    return figures.machine() + [("processes on the machine", str(procs))]
 
 
 def print_info(rows: list[tuple[str, str]]) -> None:
-    for label, value in rows:
-        print(f"{label:<{LABEL_WIDTH}} {value}")
+    figures.print_info(rows, LABEL_WIDTH)
 
 
 def print_figures(rows: list[tuple[str, float, str, str, Optional[bool]]]) -> None:
-    """Rows of (label, value, format, target text, met or None).  The value is always a number."""
-    print(f"{'figure':<{LABEL_WIDTH}} {'value':>10}  {'target':<12} result")
-    for label, value, fmt, target, met in rows:
-        verdict = "" if met is None else ("PASS" if met else "MISS")
-        print(f"{label:<{LABEL_WIDTH}} {format(value, fmt):>10}  {target:<12} {verdict}".rstrip())
+    figures.print_figures(rows, LABEL_WIDTH)

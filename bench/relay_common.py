@@ -10,7 +10,6 @@ Not a test module: pytest never collects bench/.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import platform
@@ -28,9 +27,11 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+import figures  # noqa: E402
+from figures import cpu_seconds, load, percentile, rss_bytes  # noqa: E402,F401 - re-exported
+
 from devtools.masakari_server import MasakariServer, start_server  # noqa: E402
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 LABEL_WIDTH = 36
 HOSTNAME = "iimbench-compute"  # the compute host registered in Masakari's segment
 DELAY_NOTE = (
@@ -263,21 +264,6 @@ class RelayProcess:
 # -- /proc readings ----------------------------------------------------------------
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of every thread of ``pid`` (/proc/PID/stat, clock-tick resolution)."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def rss_bytes(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no VmRSS for pid {pid}")
-
-
 def open_fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
@@ -295,48 +281,17 @@ def nofile_limit(pid: int) -> tuple[str, str]:
 # -- figures -----------------------------------------------------------------------
 
 
-def percentile(sorted_values: list[float], p: float) -> float:
-    """Nearest-rank percentile of already sorted values."""
-    if not sorted_values:
-        return float("nan")
-    rank = max(1, -(-len(sorted_values) * p // 100))  # ceil(n * p / 100)
-    return sorted_values[int(rank) - 1]
-
-
 def machine() -> list[tuple[str, str]]:
-    model = "unknown"
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    return [
-        ("cpus (nproc)", str(os.cpu_count())),
-        ("cpu model", model),
-        ("kernel", platform.release()),
-        ("python", f"{platform.python_version()} ({sys.executable})"),
-    ]
-
-
-def load() -> str:
-    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+    return figures.machine() + [("python", f"{platform.python_version()} ({sys.executable})")]
 
 
 def print_info(rows: list[tuple[str, str]]) -> None:
-    for label, value in rows:
-        print(f"{label:<{LABEL_WIDTH}} {value}", flush=True)
+    figures.print_info(rows, LABEL_WIDTH)
 
 
 def print_figures(rows: list[tuple[str, float, str, str, Optional[bool]]],
                   title: str = "") -> None:
-    """Rows of (label, value, format, target text, met or None).  The value is always a number."""
-    if title:
-        print(f"\n{title}")
-    print(f"{'figure':<{LABEL_WIDTH}} {'value':>10}  {'target':<12} result")
-    for label, value, fmt, target, met in rows:
-        verdict = "" if met is None else ("PASS" if met else "MISS")
-        print(f"{label:<{LABEL_WIDTH}} {format(value, fmt):>10}  {target:<12} {verdict}".rstrip())
-    print(flush=True)
+    figures.print_figures(rows, LABEL_WIDTH, title)
 
 
 def latency_rows(prefix: str, values_ms: list[float],
