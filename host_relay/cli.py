@@ -300,6 +300,9 @@ def format_status(snap: dict[str, Any]) -> str:
         lines += ["", "Rejected input:"] + bad
     if snap.get("ignored_files"):
         lines += ["", "Ignored files: " + ", ".join(snap["ignored_files"])]
+    if snap.get("config_warnings"):
+        lines += ["", "Configuration warnings (fix and restart the relay):"]
+        lines += [f"  {w}" for w in snap["config_warnings"]]
     return "\n".join(lines)
 
 

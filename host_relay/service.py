@@ -401,6 +401,7 @@ class Relay:
             "instances": instances,
             "libvirt": self._libvirt_status(),
             "ignored_files": sorted(self._discovery.ignored) if self._discovery else [],
+            "config_warnings": list(self.settings.config_warnings),
             "outbox": self._safe(lambda: self.outbox.stats(wall)),
             "dead_letters": self._safe(lambda: [self._entry_dict(e, wall)
                                                 for e in self.outbox.dead(20)]),

@@ -140,6 +140,9 @@ class RelaySettings:
     delivery: DeliverySettings = dataclasses.field(default_factory=DeliverySettings)
     libvirt: LibvirtSettings = dataclasses.field(default_factory=LibvirtSettings)
     metrics: MetricsSettings = dataclasses.field(default_factory=MetricsSettings)
+    # Unknown options and sections found at start-up (each with the likely fix):
+    # logged then, and kept for `iim-relay status` so they are not forgotten.
+    config_warnings: tuple[str, ...] = ()
 
     @property
     def outbox_path(self) -> str:

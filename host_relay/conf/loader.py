@@ -636,6 +636,7 @@ def settings_from(conf: cfg.ConfigOpts) -> RelaySettings:
             reconnect_initial=lv.reconnect_initial,
             reconnect_max=lv.reconnect_max,
         ),
+        config_warnings=tuple(config_warnings(conf)),
     )
 
 

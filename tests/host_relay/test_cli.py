@@ -90,7 +90,7 @@ def test_run_with_a_bad_value_exits_2_with_the_message(tmp_path, state_dir) -> N
 
 
 def test_sigterm_stops_a_running_relay_in_order(tmp_path, state_dir) -> None:
-    conf = write_conf(tmp_path, state_dir)
+    conf = write_conf(tmp_path, state_dir, "reconect_max = 5\n")  # misspelt: a warning
     os.makedirs(os.path.join(state_dir, "ch"))
     guest = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     guest.bind(os.path.join(state_dir, "ch", f"{UUID}.sock"))
@@ -113,9 +113,13 @@ def test_sigterm_stops_a_running_relay_in_order(tmp_path, state_dir) -> None:
         assert re.search(rf"{UUID}\s+connected\s+socket_dir\s+\d+\.\ds\s+armed\s+-\s+-",
                          result.output)
         assert "Outbox: 0 queued" in result.output
+        # The misspelt option stays visible after start-up, with the fix.
+        assert "Configuration warnings" in result.output
+        assert "reconect_max" in result.output and "reconnect_max" in result.output
         snap = json.loads(runner.invoke(
             cli, ["status", "--control-socket", control, "--json"]).output)
         assert snap["instances"][UUID]["channel"]["state"] == "connected"
+        assert any("reconect_max" in w for w in snap["config_warnings"])
 
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=15)

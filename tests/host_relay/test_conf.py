@@ -132,7 +132,8 @@ def test_entry_point_lists_the_same_options():
 def test_defaults_load_without_a_file():
     conf = _load()
     assert relay_conf.settings_from(conf) == RelaySettings(
-        host=socket.gethostname(), libvirt=LibvirtSettings(connection_uri="qemu:///system"))
+        host=socket.gethostname(), libvirt=LibvirtSettings(connection_uri="qemu:///system"),
+        config_warnings=tuple(relay_conf.config_warnings(conf)))
     assert relay_conf.detector_config_from(conf) == DETECTOR_DEFAULTS
     assert tuple(relay_conf.detector_config_from(conf)) == DETECTOR_FIELDS
     assert conf.masakari.auth_type == "password"
