@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import signal
 import sys
 import time
@@ -105,6 +104,9 @@ def run(config_files: Sequence[str]) -> None:
         LOG.error("%s", exc)
         click.echo(f"iim-relay: {exc}", err=True)
         sys.exit(1)
+    except relay_conf.ConfigError as exc:  # the outbox cannot be opened: file, cause, fix
+        click.echo(f"iim-relay: {exc}", err=True)
+        sys.exit(EXIT_CONFIG)
     except Exception as exc:  # noqa: BLE001 - start-up failures end with one clear line
         LOG.exception("iim-relay failed")
         click.echo(f"iim-relay: {exc}", err=True)
@@ -114,13 +116,12 @@ def run(config_files: Sequence[str]) -> None:
 async def _run(conf: Any, settings: Any, detector_config: dict[str, Any]) -> None:
     from host_relay.conf.masakari import GROUP
     from host_relay.masakari_client import client_from_conf
-    from host_relay.outbox import Outbox
+    from host_relay.outbox_open import open_outbox
     from host_relay.sender import Sender
     from host_relay.service import Relay
     from host_relay.systemd import notify, watchdog_interval
 
-    os.makedirs(settings.state_path, mode=0o700, exist_ok=True)
-    outbox = Outbox(settings.outbox_path)
+    outbox = open_outbox(settings.state_path, settings.outbox_path)
     d = settings.delivery
     client = client_from_conf(conf, GROUP, read_timeout=d.request_timeout)
     sender = Sender(outbox, client, backoff_initial=d.backoff_initial,
