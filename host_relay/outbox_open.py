@@ -88,13 +88,10 @@ def _make_state_dir(state_path: str, path: str) -> None:
 
 def _check_writable(path: str) -> None:
     """The directory (for the file and its -wal/-shm) and an existing file must be writable."""
-    directory = os.path.dirname(path) or "."
-    for target in (directory, path):
-        if target == path and not os.path.lexists(path):
-            break
-        if os.path.isdir(path):
-            raise OutboxStartError(path, "it is a directory, not a file",
-                                   f"move it away {_FIX_PLACE}")
+    if os.path.isdir(path):
+        raise OutboxStartError(path, "it is a directory, not a file", f"move it away {_FIX_PLACE}")
+    targets = [os.path.dirname(path) or "."] + ([path] if os.path.lexists(path) else [])
+    for target in targets:
         if not os.access(target, os.W_OK):
             raise _place_error(path, OSError(_why_unwritable(target), "not writable", target),
                                target)
@@ -112,8 +109,11 @@ def _why_unwritable(target: str) -> int:
 def _place_error(path: str, exc: OSError, where: str) -> OutboxStartError:
     where = exc.filename or where
     if exc.errno == errno.EROFS:
-        return OutboxStartError(path, f"{where} is on a read-only file system",
-                                f"remount it read-write, {_FIX_PLACE}")
+        return OutboxStartError(
+            path, f"{where} is on a read-only file system",
+            f"remount it read-write, {_FIX_PLACE} (under the packaged systemd unit, "
+            f"ProtectSystem=strict leaves only /var/lib/iim writable: add the directory to "
+            f"ReadWritePaths= in a drop-in)")
     if exc.errno in (errno.EACCES, errno.EPERM):
         return OutboxStartError(
             path, f"the relay (uid {os.geteuid()}) may not write to {where}",
@@ -159,6 +159,10 @@ def _classify(path: str, exc: sqlite3.DatabaseError) -> str:
     message = str(exc)
     if "disk is full" in message:
         raise _place_error(path, OSError(errno.ENOSPC, message), os.path.dirname(path)) from None
+    if "locked" in message:
+        raise OutboxStartError(path, f"another process holds it locked ({message})",
+                               "stop the other iim-relay (or the tool holding it) and start "
+                               "again") from None
     if not any(m in message for m in _CORRUPT_MESSAGES):
         raise OutboxStartError(path, f"sqlite cannot open it: {message}",
                                f"check the disk and the file's permissions, {_FIX_PLACE}") from None

@@ -259,3 +259,20 @@ def test_run_with_a_damaged_outbox_starts_and_serves_what_was_recovered(
     assert "Recovered 100 pending and 100 dead-lettered" in errors[0]
     assert "Traceback" not in text
     assert relay.returncode == 0
+
+
+def test_an_outbox_locked_by_another_process_is_a_start_error_not_damage(tmp_path) -> None:
+    path = str(tmp_path / "outbox.sqlite")
+    fill(path, 3)
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("PRAGMA locking_mode = EXCLUSIVE")
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(OutboxStartError) as info:
+            open_outbox(str(tmp_path), path)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert "locked" in info.value.cause and "stop the other iim-relay" in info.value.fix
+    assert sorted(os.listdir(tmp_path))[0] == "outbox.sqlite"
+    assert not [n for n in os.listdir(tmp_path) if "corrupt" in n]
