@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import pathlib
 import sqlite3
 import subprocess
 import sys
@@ -148,8 +147,11 @@ def write_conf(tmp_path, state_path: str) -> str:
     return str(conf)
 
 
-def run_relay(conf: str, user: str | None = None) -> subprocess.CompletedProcess:
-    prefix = ["setpriv", f"--reuid={user}", "--regid=nogroup", "--clear-groups"] if user else []
+def run_relay(conf: str, without_dac_override: bool = False) -> subprocess.CompletedProcess:
+    # Root without CAP_DAC_OVERRIDE obeys file modes like any user, and can still run this
+    # interpreter (which may live under root's home).
+    prefix = (["setpriv", "--bounding-set=-dac_override,-dac_read_search",
+               "--inh-caps=-dac_override,-dac_read_search"] if without_dac_override else [])
     return subprocess.run([*prefix, sys.executable, "-m", "host_relay.cli", "run",
                            "--config-file", conf], capture_output=True, text=True, timeout=60)
 
@@ -189,16 +191,14 @@ def test_run_on_a_read_only_file_system_exits_2(tmp_path, read_only_tmpfs) -> No
     assert_exit_2(run_relay(write_conf(tmp_path, state + "/new")), "read-only file system")
 
 
-def test_run_as_a_user_who_may_not_write_the_directory_exits_2(tmp_path, state_dir) -> None:
-    state = os.path.join(state_dir, "root-only")
-    os.mkdir(state, 0o755)  # root's; the relay runs as nobody
-    os.chmod(state_dir, 0o755)
-    conf_dir = pathlib.Path(state_dir)  # pytest's tmp_path is root's only
-    line = assert_exit_2(run_relay(write_conf(conf_dir, state), user="nobody"),
+def test_run_without_write_permission_on_the_directory_exits_2(tmp_path, state_dir) -> None:
+    state = os.path.join(state_dir, "not-ours")
+    os.mkdir(state, 0o755)
+    os.chown(state, 65534, 65534)  # nobody's; the relay (root without DAC override) may not write
+    line = assert_exit_2(run_relay(write_conf(tmp_path, state), without_dac_override=True),
                          os.path.join(state, "outbox.sqlite"), "may not write to", state)
-    assert "uid 65534" in line
+    assert "uid 0" in line and "give the relay's user write access" in line
     assert os.listdir(state) == []
-    os.unlink(conf_dir / "relay.conf")
 
 
 def test_run_with_a_state_path_through_a_file_exits_2(tmp_path, state_dir) -> None:
