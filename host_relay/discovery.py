@@ -203,7 +203,9 @@ class Discovery:
                           self.socket_dir, why, exc.__cause__ or exc, closed,
                           self._recheck_interval)
             return
-        if not self._missing_since_logged:
+        if self._missing_since_logged:
+            why = "can be made again"  # its loss was logged already
+        else:
             self.dir_recreated += 1
         self._missing_since_logged = False
         self.scan()

@@ -276,3 +276,30 @@ def test_an_outbox_locked_by_another_process_is_a_start_error_not_damage(tmp_pat
     assert "locked" in info.value.cause and "stop the other iim-relay" in info.value.fix
     assert sorted(os.listdir(tmp_path))[0] == "outbox.sqlite"
     assert not [n for n in os.listdir(tmp_path) if "corrupt" in n]
+
+
+def test_rows_only_in_the_wal_of_a_killed_relay_survive_a_destroyed_header(
+        tmp_path, caplog) -> None:
+    """sqlite reads page 1 from the WAL when it has a newer copy: nothing lost, nothing moved."""
+    path = str(tmp_path / "outbox.sqlite")
+    subprocess.run([sys.executable, "-c", f"""
+import os, uuid
+from host_relay.outbox import Outbox
+ob = Outbox({path!r})
+for i in range(50):
+    ob.put(str(uuid.UUID(int=i + 1)), "compute-1", "guest_hang", "silent", 100.0 + i)
+os._exit(0)  # as after kill -9: nothing checkpointed into the main file
+"""], check=True, timeout=60)
+    assert os.path.getsize(path + "-wal") > os.path.getsize(path)
+    damage(path, "header")
+    with caplog.at_level(logging.INFO, logger="host_relay"):
+        ob = open_outbox(str(tmp_path), path, wall_clock=lambda: NOW)
+    try:
+        got = rows_of(ob)
+    finally:
+        ob.close()
+    assert sorted(got) == list(range(1, 51))
+    assert {e.instance_uuid for e in got.values()} == {str(uuidlib.UUID(int=i + 1))
+                                                       for i in range(50)}
+    assert not [n for n in os.listdir(tmp_path) if ".corrupt-" in n]
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
