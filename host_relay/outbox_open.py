@@ -176,21 +176,30 @@ def _classify(path: str, exc: sqlite3.DatabaseError) -> str:
 
 def _salvage(path: str, damage: str, now: float) -> Outbox:
     try:
+        found = outbox_salvage.recover(path)  # reads a copy: the file stays as it is
+    except (OSError, sqlite3.Error) as exc:
+        raise OutboxStartError(
+            path, f"it is damaged ({damage}) and no copy can be made to read what it still "
+                  f"holds: {getattr(exc, 'strerror', None) or exc}",
+            f"free space in {os.path.dirname(path)} (the file is unchanged; the next start "
+            f"salvages it), {_FIX_PLACE}") from None
+    try:
         kept = outbox_salvage.move_aside(path, now)
     except OSError as exc:
         raise OutboxStartError(path, f"it is damaged ({damage}) and cannot be moved aside: "
                                      f"{exc.strerror or exc}",
                                f"move it away by hand (keep it for inspection), {_FIX_PLACE}"
                                ) from None
-    found = outbox_salvage.recover(kept)
     try:
         Outbox(path).close()  # a fresh, empty outbox with the current schema
         carried = outbox_salvage.carry_over(path, found, now)
         outbox = Outbox(path)
     except (OSError, sqlite3.Error) as exc:
-        raise OutboxStartError(path, f"it was damaged ({damage}), is kept as {kept}, and a new "
-                                     f"one cannot be made: {exc}",
-                               f"check the disk, {_FIX_PLACE}") from None
+        outbox_salvage.put_back(kept, path)
+        raise OutboxStartError(
+            path, f"it is damaged ({damage}) and no new outbox can be made next to it: {exc}",
+            f"free space or fix the disk (the damaged file is back in place; the next start "
+            f"salvages it), {_FIX_PLACE}") from None
     LOG.error(
         "The outbox %s was damaged (%s); it is kept as %s for inspection. Recovered %d "
         "pending and %d dead-lettered notifications into a new outbox (read with %s; %d "

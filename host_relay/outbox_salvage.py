@@ -1,8 +1,9 @@
 """Reading what is left of a damaged outbox, and carrying it into a fresh one.
 
-Nothing here writes to the damaged file: it is renamed aside first
-(:func:`move_aside`), and every reading works on a copy in a temporary
-directory next to it.  The copy is repaired where sqlite needs it to open the
+Nothing here writes to the damaged file: every reading works on a copy in a
+temporary directory next to it, and then the file is renamed aside
+(:func:`move_aside`; :func:`put_back` undoes that if no new outbox can be made,
+so the next start salvages it again).  The copy is repaired where sqlite needs it to open the
 file at all: the fixed fields of the 100-byte header, the page count in the
 header after a truncation, and page 1 (the schema) when it is garbage, taken
 from a fresh outbox of this relay's schema.  Then sqlite itself reads, each pass
@@ -95,6 +96,17 @@ def move_aside(path: str, now: float) -> str:
     return kept
 
 
+def put_back(kept: str, path: str) -> None:
+    """Undo :func:`move_aside`: drop the new outbox files at ``path``, rename ``kept`` back."""
+    for suffix in SUFFIXES:
+        if os.path.lexists(path + suffix):
+            os.unlink(path + suffix)  # the new, incomplete outbox made after the move
+    for suffix in SUFFIXES:
+        if os.path.lexists(kept + suffix):
+            os.rename(kept + suffix, path + suffix)
+    _fsync_dir(os.path.dirname(path) or ".")
+
+
 def _fsync_dir(directory: str) -> None:
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -103,13 +115,17 @@ def _fsync_dir(directory: str) -> None:
         os.close(fd)
 
 
-def recover(kept: str) -> Found:
-    """Whatever whole outbox rows can still be read from the damaged file ``kept``."""
-    with tempfile.TemporaryDirectory(prefix=".salvage-", dir=os.path.dirname(kept) or ".") as tmp:
+def recover(damaged: str) -> Found:
+    """Whatever whole outbox rows can still be read from the file ``damaged``, left untouched.
+
+    Raises OSError or sqlite3.Error if no copy can be made to read (no space).
+    """
+    with tempfile.TemporaryDirectory(prefix=".salvage-",
+                                     dir=os.path.dirname(damaged) or ".") as tmp:
         copy = os.path.join(tmp, "copy.sqlite")
         for suffix in ("", "-wal"):  # -shm is rebuilt from the WAL
-            if os.path.exists(kept + suffix):
-                shutil.copyfile(kept + suffix, copy + suffix)
+            if os.path.exists(damaged + suffix):
+                shutil.copyfile(damaged + suffix, copy + suffix)
         repairs = _repair_header(copy)
         if not _schema_readable(copy) and _replace_page_one(copy, tmp):
             repairs.append("page 1 from a fresh outbox")

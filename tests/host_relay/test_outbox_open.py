@@ -8,6 +8,7 @@ outbox should be, and outbox files whose header, tail or pages are overwritten.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -303,3 +304,41 @@ os._exit(0)  # as after kill -9: nothing checkpointed into the main file
                                                        for i in range(50)}
     assert not [n for n in os.listdir(tmp_path) if ".corrupt-" in n]
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+@pytest.fixture
+def small_tmpfs(state_dir):
+    mnt = os.path.join(state_dir, "small")
+    os.mkdir(mnt)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", mnt], check=True)
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", mnt], check=False)
+
+
+def test_a_damaged_outbox_on_a_full_disk_is_left_as_it_is_and_salvaged_once_there_is_room(
+        small_tmpfs) -> None:
+    path = os.path.join(small_tmpfs, "outbox.sqlite")
+    written = fill(path)
+    damaged = damage(path, "header")
+    filler = os.path.join(small_tmpfs, "filler")
+    with open(filler, "wb") as f:  # the disk fills up (tmpfs: until ENOSPC)
+        with contextlib.suppress(OSError):
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+    with pytest.raises(OutboxStartError) as info:
+        open_outbox(small_tmpfs, path, wall_clock=lambda: NOW)
+    assert "no copy can be made" in info.value.cause and "free space" in info.value.fix
+    with open(path, "rb") as f:
+        assert f.read() == damaged  # untouched, still where the next start looks
+    assert sorted(os.listdir(small_tmpfs)) == ["filler", "outbox.sqlite"]  # no leftovers
+
+    os.unlink(filler)
+    ob = open_outbox(small_tmpfs, path, wall_clock=lambda: NOW)
+    try:
+        got = rows_of(ob)
+    finally:
+        ob.close()
+    assert set(got) == {i for i, e in written.items() if e.state in ("queued", "dead")}
