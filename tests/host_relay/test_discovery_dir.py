@@ -145,6 +145,33 @@ def test_a_directory_that_cannot_be_made_again_is_one_error_then_checked_until_i
     assert disc.dir_recreated == 1
 
 
+
+def test_a_file_system_mounted_over_the_directory_is_found_by_the_periodic_check(
+        sock_dir, caplog) -> None:
+    """A mount makes no inotify event at all: the identity check every interval finds it."""
+    import subprocess
+
+    path = pathlib.Path(sock_dir) / "ch"
+
+    async def scenario(disc: Discovery) -> None:
+        first = disc.dir.identity
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(path)], check=True)
+        try:
+            await until(lambda: disc.dir.identity not in (None, first))
+            s = listen(str(path / f"{UUID_A}.sock"))
+            await until(lambda: UUID_A in disc.known)
+            s.close()
+        finally:
+            subprocess.run(["umount", "-l", str(path)], check=False)
+
+    with caplog.at_level(logging.INFO, logger="host_relay.discovery"):
+        disc = run_discovery(path, scenario, recheck=0.1)
+    lines = [r.getMessage() for r in dir_lines(caplog)]
+    assert len(lines) >= 1 and "is no longer the directory watched" in lines[0], lines
+    assert "a new one is there" in lines[0]
+    assert disc.dir_recreated >= 1
+
+
 # -- the real relay ---------------------------------------------------------------------------
 
 def _status(state_dir: str) -> dict:
