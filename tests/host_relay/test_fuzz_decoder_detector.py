@@ -7,9 +7,10 @@ The long run is behind the ``reliability`` marker::
     IIM_FUZZ_SECONDS=600 pytest -m reliability -s tests/host_relay/test_fuzz_decoder_detector.py
 
 It uses atheris (libFuzzer, coverage-guided) when it is installed for this Python
-(``pip install atheris``: wheels for CPython 3.11 and newer on x86-64), else hypothesis
-for the same time, and prints executions, coverage (atheris: edges and features) and
-crashes.  Inputs: random bytes, valid frames with mutated bodies behind a good CRC, and
+(the ``fuzz`` extra: a wheel exists for CPython 3.11 on x86-64), else hypothesis for
+the same time, and prints executions, coverage (atheris: edges and features; with
+coverage.py, the line coverage of iim_protocol and the detector by the corpus it
+found) and crashes.  Inputs: random bytes, valid frames with mutated bodies behind a good CRC, and
 msgpack bombs (4095-deep nesting, 4 G declared lengths, duplicate keys), interleaved
 with clock advances, ticks and channel reconnects; every step checks the invariants
 of :mod:`tests.host_relay.fuzz_target`.
@@ -136,6 +137,24 @@ def test_long_fuzz_of_decoder_into_detector(tmp_path) -> None:
         "corpus_inputs": len(list(corpus.iterdir())),
         "crashes": len(crashes),
     }
+    summary["line_coverage"] = line_coverage(corpus, tmp_path)
     print(f"\nfuzz: {summary}")
     assert proc.returncode == 0 and not crashes, f"{crashes}\n{out[-6000:]}"
     assert summary["executions"], out[-3000:]
+
+
+def line_coverage(corpus, tmp_path) -> dict | str:
+    """coverage.py's line coverage of the corpus replayed once, by file; or why not."""
+    if importlib.util.find_spec("coverage") is None:
+        return "not measured (pip install coverage)"
+    data = tmp_path / ".coverage"
+    env = {**os.environ, "COVERAGE_FILE": str(data)}
+    include = "iim_protocol/*,host_relay/detector*.py"
+    subprocess.run([sys.executable, "-m", "coverage", "run", f"--include={include}",
+                    "-m", "tests.host_relay.fuzz_atheris", "--replay", str(corpus)],
+                   cwd=ROOT, env=env, check=True, capture_output=True, timeout=600)
+    report = subprocess.run([sys.executable, "-m", "coverage", "report", f"--include={include}"],
+                            cwd=ROOT, env=env, check=True, capture_output=True, text=True,
+                            timeout=120).stdout
+    return {line.split()[0]: line.split()[-1] for line in report.splitlines()
+            if line.endswith("%")}
