@@ -16,6 +16,7 @@ Everything else in the relay takes plain values: :func:`settings_from` and
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import glob
 import os
@@ -31,6 +32,7 @@ from oslo_log import log as logging
 import iim_protocol
 from host_relay.conf import masakari
 from host_relay.conf.opts import MODULES
+from host_relay.detector_config import DetectorConfig
 from host_relay.settings import (
     ChannelSettings,
     DeliverySettings,
@@ -640,22 +642,14 @@ def settings_from(conf: cfg.ConfigOpts) -> RelaySettings:
     )
 
 
-DETECTOR_FIELDS = (
-    "missed_heartbeats",
-    "min_interval",
-    "max_interval",
-    "min_uptime",
-    "max_pause",
-    "cooldown",
-    "max_notifications",
-    "notification_window",
-)
+# One field per [detector] option (tests/host_relay/test_conf_bounds.py checks it).
+DETECTOR_FIELDS = tuple(f.name for f in dataclasses.fields(DetectorConfig))
 
 
-def detector_config_from(conf: cfg.ConfigOpts) -> dict[str, int | float]:
-    """Keyword arguments for ``host_relay.detector.DetectorConfig``."""
+def detector_config_from(conf: cfg.ConfigOpts) -> DetectorConfig:
+    """The detector's limits, every field read from its [detector] option."""
     check(conf)
-    return {name: conf.detector[name] for name in DETECTOR_FIELDS}
+    return DetectorConfig(**{name: conf.detector[name] for name in DETECTOR_FIELDS})
 
 
 def setup_logging(conf: cfg.ConfigOpts, argv0: str = PROG) -> None:
