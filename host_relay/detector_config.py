@@ -11,6 +11,7 @@ each failure naming the field, the option's bounds and the reason for them.
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 from host_relay.conf import bounds
 from host_relay.conf.detector import detector_opts
@@ -42,6 +43,9 @@ _WHY = {
 class DetectorConfig:
     """Limits of one detector; see the [detector] option of each name for its meaning."""
 
+    OPTION_GROUP: ClassVar[str] = "detector"
+    ORDERED: ClassVar[tuple[tuple[str, str], ...]] = (("min_interval", "max_interval"),)
+
     missed_heartbeats: int = _opt("missed_heartbeats")  # hang = this many intervals unheard
     min_interval: float = _opt("min_interval")  # clamp for the guest's heartbeat interval
     max_interval: float = _opt("max_interval")
@@ -53,9 +57,4 @@ class DetectorConfig:
     late_tolerance: float = _opt("late_tolerance")  # a deadline seen later: the relay stalled
 
     def __post_init__(self) -> None:
-        bounds.check_fields(self, _WHY)
-        if self.max_interval < self.min_interval:
-            raise ValueError(
-                f"max_interval={self.max_interval!r} must not be below "
-                f"min_interval={self.min_interval!r}"
-            )
+        bounds.check(self, _WHY)

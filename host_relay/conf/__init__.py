@@ -6,6 +6,7 @@ Only the entry points read options; everything else takes the plain values
 of :func:`settings_from` and :func:`detector_config_from`.
 """
 
+import importlib
 from typing import TYPE_CHECKING, Any
 
 from oslo_config import cfg
@@ -43,10 +44,11 @@ _LOADER_NAMES = frozenset({
 
 
 def __getattr__(name: str) -> Any:
-    if name in _LOADER_NAMES:
-        from host_relay.conf import loader
-
-        return getattr(loader, name)
+    if name in _LOADER_NAMES or name == "loader":
+        # import_module, not "from host_relay.conf import loader": that would ask
+        # this very function for "loader" again before importing it.
+        loader = importlib.import_module("host_relay.conf.loader")
+        return loader if name == "loader" else getattr(loader, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

@@ -4,9 +4,10 @@ The relay's plain-value dataclasses (``host_relay.settings``,
 ``host_relay.detector_config``) are built from options, and code and tests
 also build them by hand.  Either way a value must obey the same limits, so a
 field does not repeat them: :func:`opt_field` ties the field to its ``Opt``
-(the field's default is the option's default), and :func:`check_fields`,
+(the field's default is the option's default), and :func:`check`,
 called from ``__post_init__``, checks every such field against the option's
-type: ``min``/``max`` for numbers, ``choices`` for strings.
+type: ``min``/``max`` for numbers, ``choices`` for strings; and the pairs
+of fields the class declares ``ORDERED`` (low must not exceed high).
 
 This module imports only oslo.config, so the option modules and the
 dataclasses can both use it.
@@ -88,10 +89,26 @@ def check_value(name: str, opt: cfg.Opt, value: Any, why: str = "") -> None:
         raise ValueError(f"{name}={value!r} must be within [{lo}, {hi}]{reason}")
 
 
-def check_fields(instance: Any, why: Mapping[str, str] | None = None) -> None:
-    """Check every :func:`opt_field` of a dataclass instance; ``why`` adds a reason per field."""
+def ordered(cls: Any) -> tuple[tuple[str, str], ...]:
+    """The (low, high) field pairs of a dataclass where low must not exceed high.
+
+    Declared once, as the class's ``ORDERED`` ClassVar; the loader reports the
+    same pairs with file and line.
+    """
+    return tuple(getattr(cls, "ORDERED", ()))
+
+
+def check(instance: Any, why: Optional[Mapping[str, str]] = None) -> None:
+    """Check every :func:`opt_field` of a dataclass instance, then its :func:`ordered` pairs.
+
+    ``why`` adds a reason per field to its error message.  Raises ValueError.
+    """
     why = why or {}
     for field in dataclasses.fields(instance):
         opt = field_opt(field)
         if opt is not None:
             check_value(field.name, opt, getattr(instance, field.name), why.get(field.name, ""))
+    for low, high in ordered(type(instance)):
+        lo, hi = getattr(instance, low), getattr(instance, high)
+        if lo > hi:
+            raise ValueError(f"{low}={lo!r} must not exceed {high}={hi!r}")

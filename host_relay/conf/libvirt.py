@@ -146,7 +146,7 @@ working meanwhile (they are QEMU's sockets, not libvirtd's).
     cfg.FloatOpt(
         "reconnect_max",
         default=60.0,
-        min=1.0,
+        min=0.1,  # its real floor is reconnect_initial, which the loader checks
         max=600.0,
         help="""
 Upper bound, in seconds, on the delay between reconnect attempts to

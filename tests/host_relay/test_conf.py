@@ -25,6 +25,7 @@ from oslo_config import cfg, types
 from host_relay import conf as relay_conf
 from host_relay.conf import masakari as masakari_conf
 from host_relay.conf import opts as conf_opts
+from host_relay.conf import oslo_private
 from host_relay.conf.loader import DETECTOR_FIELDS
 from host_relay.settings import ChannelSettings, DeliverySettings, LibvirtSettings, RelaySettings
 
@@ -252,7 +253,7 @@ def test_instances_are_independent(tmp_path):
     a = _load(_write(tmp_path, "[detector]\ncooldown = 1\n", "a.conf"))
     b = _load(_write(tmp_path, "[detector]\ncooldown = 2\n", "b.conf"))
     assert (a.detector.cooldown, b.detector.cooldown) == (1.0, 2.0)
-    assert cfg.CONF._args is None  # the global CONF was never parsed
+    assert not oslo_private.was_parsed(cfg.CONF)  # the global CONF was never parsed
     # Options registered on one ConfigOpts (the chosen auth plugin's) stay there: oslo
     # shares a module-level OptGroup's option dict between every conf registering it.
     c = _load(_write(tmp_path, "[masakari]\nauth_type = none\nendpoint = http://m\n", "c.conf"))
