@@ -139,7 +139,9 @@ Group of ``[channels] socket_dir``. Empty: the primary group of
         help="""
 Seconds before the first attempt to reconnect to libvirtd after the
 connection failed or libvirtd restarted; each further failure doubles
-the delay up to ``reconnect_max``. Channels already connected keep
+the delay up to ``reconnect_max``, each delay randomised by up to 20 %
+(never above ``reconnect_max``); a connection that lasted a minute
+starts again from this value. Channels already connected keep
 working meanwhile (they are QEMU's sockets, not libvirtd's).
 """,
     ),
