@@ -11,7 +11,7 @@ each failure naming the field, the option's bounds and the reason for them.
 from __future__ import annotations
 
 import dataclasses
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from host_relay.conf import bounds
 from host_relay.conf.detector import detector_opts
@@ -19,7 +19,7 @@ from host_relay.conf.detector import detector_opts
 __all__ = ["DetectorConfig"]
 
 
-def _opt(name: str):  # noqa: ANN202 - a dataclass field
+def _opt(name: str) -> Any:  # a dataclass field
     return bounds.opt_field(detector_opts, name)
 
 

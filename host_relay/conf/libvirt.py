@@ -1,7 +1,7 @@
 """[libvirt] options: how the relay finds instances through libvirt and gives them a channel.
 
 The values end up in ``host_relay.settings.LibvirtSettings`` (see
-``host_relay.conf.loader.settings_from``); ``host_relay.libvirt_watch`` uses
+``host_relay.conf.build.settings_from``); ``host_relay.libvirt_watch`` uses
 them.  An empty ``connection_uri`` turns all of it off: the relay then only
 watches ``[channels] socket_dir``.
 """
