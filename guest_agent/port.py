@@ -409,9 +409,9 @@ class Port:
         for message in self.decoder.feed(data):
             self.messages_received += 1
             if self._on_message is not None:
-                self._on_message(message)
+                self._on_message(message)  # may answer, and a write may break the port
         self._note_host_input()
-        return _READ
+        return _READ if self._fd is not None else _CLOSED_NOW
 
     def _note_host_input(self) -> None:
         """One line a minute at most when the host sent frames the agent rejected."""
