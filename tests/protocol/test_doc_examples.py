@@ -110,15 +110,3 @@ def test_documented_limits_match_the_code() -> None:
     assert MAX_SEQ == 2**63 - 1
     for name, row in rows.items():
         assert row in text, name
-
-
-def test_every_rejection_reason_is_documented() -> None:
-    from iim_protocol import codec, messages
-
-    text = DOC.read_text(encoding="utf-8")
-    reasons = {v for k, v in vars(codec).items() if k.startswith("REJECT_")}
-    source = Path(messages.__file__).read_text(encoding="utf-8")
-    reasons |= set(re.findall(r'InvalidMessage\(\s*"(\w+)"', source))
-    assert {"bad_crc", "truncated", "invalid_field", "missing_field"} <= reasons
-    for reason in reasons:
-        assert f"| `{reason}` |" in text, reason
