@@ -12,6 +12,7 @@ from host_relay.conf import channels, default, detector, libvirt, masakari, metr
 from host_relay.conf.loader import (
     ConfigError,
     check,
+    config_files,
     config_warnings,
     detector_config_from,
     load,
@@ -22,6 +23,7 @@ from host_relay.conf.loader import (
 )
 
 CONF = cfg.CONF
+check_masakari = masakari.check_usable
 
 
 def register_opts(conf: cfg.ConfigOpts) -> None:
@@ -36,6 +38,8 @@ __all__ = [
     "CONF",
     "ConfigError",
     "check",
+    "check_masakari",
+    "config_files",
     "config_warnings",
     "detector_config_from",
     "load",

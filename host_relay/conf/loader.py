@@ -48,6 +48,7 @@ PACKAGED_CONFIG_FILE = "/etc/iim/relay.conf"
 # load() keeps these on the ConfigOpts it parsed (oslo's ConfigOpts has no place for them).
 _WARNINGS_ATTR = "_iim_config_warnings"
 _PLUGIN_ATTR = "_iim_auth_plugin_opts"  # (group, opts) registered for the chosen auth_type
+_FILES_ATTR = "_iim_config_files"  # the files read, in oslo's order
 
 
 class ConfigError(Exception):
@@ -325,37 +326,6 @@ def _register_auth_plugin(conf: cfg.ConfigOpts, files: Sequence[_File]) -> list[
     return []
 
 
-def _auth_warnings(conf: cfg.ConfigOpts) -> list[str]:
-    section = _auth_section(conf)
-    name = conf[section].auth_type
-    group = conf[masakari.GROUP]
-    if name == "none":
-        if not conf[section].endpoint and not group.endpoint_override:
-            return [
-                f"[{section}] auth_type = none has no service catalog to find masakari-api in: "
-                f"set [{section}] endpoint = http://HOST:15868; notifications wait in the "
-                "outbox until it is set"
-            ]
-        return []
-    if not name:
-        return [
-            f"[{section}] auth_type is not set: the relay cannot authenticate to masakari-api; "
-            "set auth_type = password (Keystone) or none (with endpoint = URL)"
-        ]
-    missing = [
-        o.dest
-        for o in ks_loading.get_plugin_loader(name).get_options()
-        if o.required and not conf[section][o.dest]
-    ]
-    if missing:
-        return [
-            f"[{section}] auth_type = {name} needs {', '.join(missing)}: set "
-            f"{' and '.join(missing)} (or auth_type = none with endpoint = URL for a "
-            "masakari-api without Keystone); notifications wait in the outbox until then"
-        ]
-    return []
-
-
 # --- unknown sections and options ---------------------------------------------------------------
 
 
@@ -587,13 +557,18 @@ def load(
     if problems:
         raise ConfigError(problems)
 
-    warnings = _unknown_options(conf, files) + _auth_warnings(conf)
-    setattr(conf, _WARNINGS_ATTR, warnings)
+    setattr(conf, _WARNINGS_ATTR, _unknown_options(conf, files))
+    setattr(conf, _FILES_ATTR, [parsed.path for parsed in files])
     return conf
 
 
+def config_files(conf: cfg.ConfigOpts) -> list[str]:
+    """The files :func:`load` read, later ones overriding earlier ones."""
+    return list(conf.__dict__.get(_FILES_ATTR, []))
+
+
 def config_warnings(conf: cfg.ConfigOpts) -> list[str]:
-    """What :func:`load` found suspicious but usable: unknown options, incomplete auth."""
+    """What :func:`load` found suspicious but usable: unknown sections and options."""
     return list(conf.__dict__.get(_WARNINGS_ATTR, []))
 
 
@@ -659,8 +634,19 @@ def detector_config_from(conf: cfg.ConfigOpts) -> dict[str, int | float]:
 
 
 def setup_logging(conf: cfg.ConfigOpts, argv0: str = PROG) -> None:
-    """Set up oslo.log from a loaded conf, then log what :func:`load` warned about."""
-    logging.setup(conf, argv0, version=iim_protocol.__version__)
+    """Set up oslo.log from a loaded conf, then log what :func:`load` warned about.
+
+    Raises ConfigError when the log file cannot be opened.
+    """
+    try:
+        logging.setup(conf, argv0, version=iim_protocol.__version__)
+    except OSError as exc:  # log_file or log_dir that cannot be opened
+        target = exc.filename or conf.log_file
+        raise ConfigError(
+            f"{(config_files(conf) or ['the command line'])[-1]}: [DEFAULT] log_file "
+            f"{target} cannot be opened ({exc.strerror}): create its directory, make it "
+            "writable by the user iim-relay runs as, or remove log_file to log to stderr"
+        ) from None
     log = logging.getLogger(__name__)
     for warning in config_warnings(conf):
         log.warning("%s", warning)
