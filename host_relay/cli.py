@@ -60,10 +60,10 @@ def _load(config_files: Sequence[str], *, to_run: bool = False, debug: bool = Fa
 def cli() -> None:
     """iim-relay: intrusive instance monitoring for OpenStack Masakari, compute-host side.
 
-    The relay connects to every instance's guest channel (a UNIX socket
-    <socket_dir>/<instance-uuid>.sock that QEMU listens on), runs a failure
-    detector per instance, and reports failed instances to Masakari through a
-    durable outbox.
+    The relay connects to every instance's guest channel (a UNIX socket QEMU
+    listens on: hot-plugged through libvirt, or <socket_dir>/<uuid>.sock),
+    runs a failure detector per instance, and reports failed instances to
+    Masakari through a durable outbox.
 
     \b
     Commands:
@@ -85,9 +85,10 @@ def cli() -> None:
 def run(config_files: Sequence[str], debug: bool) -> None:
     """Run the relay in the foreground until SIGTERM or SIGINT.
 
-    Reads the configuration, opens the outbox in [DEFAULT] state_path, watches
-    [channels] socket_dir for instance channels and delivers notifications to
-    Masakari as configured in [masakari].  On SIGTERM it stops watching,
+    Reads the configuration, opens the outbox in [DEFAULT] state_path, finds
+    instance channels through libvirt (hot-plugging them) and in [channels]
+    socket_dir, and delivers notifications to Masakari as configured in
+    [masakari].  On SIGTERM it stops watching,
     closes the channels, gives an in-flight delivery up to shutdown_grace
     seconds, and exits 0; undelivered notifications stay in the outbox.
 
