@@ -10,13 +10,17 @@ What runs (all on 127.0.0.1 and UNIX sockets in a temporary directory):
 4. ``iim-agent``, watching a demo process through that pty.
 
 Then it kills the demo process and prints the notification as Masakari
-recorded it, with the time from the kill to the record.  ``--keep`` leaves
-everything running until Ctrl-C.
+recorded it, with the time from the kill to the record.  Each set-up step is
+one line with how long it took.  ``--keep`` leaves everything running until
+Ctrl-C, SIGTERM or SIGHUP.  However it ends (Ctrl-C, SIGTERM, SIGHUP, an
+error), every process it started is stopped and its temporary directories are
+removed; only a failure keeps the directory with the logs, and says where.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -27,6 +31,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -40,6 +45,31 @@ WAIT_RECORD = 30.0
 
 def say(text: str) -> None:
     print(f"==> {text}", flush=True)
+
+
+@contextlib.contextmanager
+def step(text: str) -> Iterator[list]:
+    """One line for a set-up step, printed when it is done, with how long it took.
+
+    The body may append details to the yielded list (known only once done).
+    """
+    started = time.monotonic()
+    details: list = []
+    yield details
+    extra = f" ({'; '.join(details)})" if details else ""
+    say(f"{text}{extra}: {time.monotonic() - started:.1f} s")
+
+
+class Stopped(BaseException):
+    """SIGTERM or SIGHUP: stop and clean up, as for Ctrl-C."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise_stopped(signum: int, _frame: object) -> None:
+    raise Stopped(signum)
 
 
 def wait_for(what: str, predicate: Callable[[], object], timeout: float, step: float = 0.05):
@@ -75,11 +105,11 @@ class Demo:
         return proc
 
     def start_masakari(self) -> None:
-        say("starting a real masakari-api on 127.0.0.1 (sqlite, noauth2)")
-        self.server = start_server(self.dir / "masakari")
-        self.server.create_host(self.host)
-        say(f"masakari-api at {self.server.url}; segment {self.server.segment_uuid}, "
-            f"host {self.host!r} registered")
+        with step("masakari-api, real, on 127.0.0.1 with sqlite and noauth2") as details:
+            self.server = start_server(self.dir / "masakari")
+            self.server.create_host(self.host)
+            details.append(f"{self.server.url}; segment {self.server.segment_uuid}, "
+                           f"host {self.host!r} registered")
 
     def start_relay(self) -> None:
         self.channels.mkdir()
@@ -98,20 +128,21 @@ class Demo:
             "auth_type = none\n"
             f"endpoint = {self.server.url}\n"
         )
-        say("starting iim-relay")
-        self.spawn("iim-relay", [str(BIN / "iim-relay"), "run", "--config-file",
-                                 str(self.relay_conf)], "iim-relay.out")
+        with step("iim-relay started"):
+            self.spawn("iim-relay", [str(BIN / "iim-relay"), "run", "--config-file",
+                                     str(self.relay_conf)], "iim-relay.out")
 
     def start_guest(self) -> subprocess.Popen:
         sock = self.channels / f"{self.instance}.sock"
         port = self.dir / "org.openstack.iim.0"
-        say(f"instance {self.instance}: pty bridge {port} <-> {sock} (stands in for QEMU)")
-        self.spawn("ptybridge", [sys.executable, "-m", "devtools.ptybridge", "--socket",
-                                 str(sock), "--link", str(port)], "ptybridge.log")
-        wait_for("the bridge's socket", sock.exists, 10)
-        # Like QEMU with the relay attached: start the guest once the host end is connected.
-        wait_for("the relay to connect to the channel",
-                 lambda: "host connected" in (self.dir / "ptybridge.log").read_text(), 30)
+        with step(f"instance {self.instance}: pty bridge {port} <-> {sock} (stands in for "
+                  "QEMU), the relay connected"):
+            self.spawn("ptybridge", [sys.executable, "-m", "devtools.ptybridge", "--socket",
+                                     str(sock), "--link", str(port)], "ptybridge.log")
+            wait_for("the bridge's socket", sock.exists, 10)
+            # Like QEMU with the relay attached: start the guest once the host end is connected.
+            wait_for("the relay to connect to the channel",
+                     lambda: "host connected" in (self.dir / "ptybridge.log").read_text(), 30)
         app = self.dir / "iim-demo-app"
         shutil.copy(shutil.which("sleep") or "/bin/sleep", app)
         victim = self.spawn("demo app", [str(app), "100000"], "demo-app.log")
@@ -124,7 +155,6 @@ class Demo:
             "    process: iim-demo-app\n"
             "    grace: 0\n"
         )
-        say(f"starting iim-agent, watching process 'iim-demo-app' (pid {victim.pid})")
         self.spawn("iim-agent", [str(BIN / "iim-agent"), "run", "-c", str(self.agent_conf)],
                    "iim-agent.log")
         return victim
@@ -147,9 +177,10 @@ class Demo:
         self.start_masakari()
         self.start_relay()
         victim = self.start_guest()
-        wait_for("the relay to arm the instance's detector",
-                 lambda: self.instance_state() == "armed", WAIT_READY, 0.2)
-        say("the relay has the agent's hello and heartbeats: detector armed")
+        with step(f"iim-agent watching process 'iim-demo-app' (pid {victim.pid}); the relay "
+                  "has its hello and heartbeats: detector armed"):
+            wait_for("the relay to arm the instance's detector",
+                     lambda: self.instance_state() == "armed", WAIT_READY, 0.2)
         self.show("iim-agent status", [str(BIN / "iim-agent"), "status", "-c",
                                        str(self.agent_conf)])
         say(f"killing the demo app (kill -9 {victim.pid})")
@@ -168,6 +199,16 @@ class Demo:
         return elapsed
 
     def cleanup(self) -> None:
+        # A second Ctrl-C, SIGTERM or SIGHUP must not cut the cleanup short.
+        sigs = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+        previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in sigs}
+        try:
+            self._stop_all()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _stop_all(self) -> None:
         for _name, proc in reversed(self.procs):
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
@@ -185,29 +226,38 @@ class Demo:
 def main(argv: Optional[list] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--keep", action="store_true",
-                        help="leave everything running until Ctrl-C, and keep the directory")
+                        help="leave everything running until Ctrl-C, SIGTERM or SIGHUP")
     args = parser.parse_args(argv)
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _raise_stopped)
     workdir = Path(tempfile.mkdtemp(prefix="iim-demo-"))
     demo = Demo(workdir)
+    keep_logs = False
+    status = 0
+    finished = False
     try:
         demo.run()
+        finished = True
         if args.keep:
-            say(f"running on; logs and configs in {workdir}; try: "
-                f"{BIN / 'iim-relay'} status --config-file {demo.relay_conf}")
-            say("Ctrl-C to stop")
-            try:
-                signal.pause()
-            except KeyboardInterrupt:
-                pass
+            say(f"running on; logs and configs in {workdir}; try:")
+            print(f"    {BIN / 'iim-relay'} status --config-file {demo.relay_conf}\n"
+                  f"    {BIN / 'iim-agent'} status -c {demo.agent_conf}", flush=True)
+            say(f"Ctrl-C (or kill {os.getpid()}) stops it all and removes {workdir}")
+            signal.pause()
+    except (KeyboardInterrupt, Stopped) as exc:
+        signum = exc.signum if isinstance(exc, Stopped) else signal.SIGINT
+        say(f"{signal.Signals(signum).name}: stopping everything")
+        # How a --keep demo is meant to end; anything earlier cut the demo short.
+        status = 0 if finished and args.keep else 128 + signum
     except BaseException:
         print(f"demo: failed; logs are in {workdir}", file=sys.stderr)
-        args.keep = True
+        keep_logs = True
         raise
     finally:
         demo.cleanup()
-        if not args.keep:
+        if not keep_logs:
             shutil.rmtree(workdir, ignore_errors=True)
-    return 0
+    return status
 
 
 if __name__ == "__main__":
