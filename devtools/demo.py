@@ -41,6 +41,7 @@ BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parent.parent
 WAIT_READY = 60.0  # the agent arms the relay within a few seconds here
 WAIT_RECORD = 30.0
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def say(text: str) -> None:
@@ -61,15 +62,34 @@ def step(text: str) -> Iterator[list]:
 
 
 class Stopped(BaseException):
-    """SIGTERM or SIGHUP: stop and clean up, as for Ctrl-C."""
+    """SIGINT (Ctrl-C), SIGTERM or SIGHUP: stop and clean up."""
 
     def __init__(self, signum: int) -> None:
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
 
 
+_held: dict = {"on": False, "pending": None}
+
+
 def _raise_stopped(signum: int, _frame: object) -> None:
+    if _held["on"]:
+        _held["pending"] = _held["pending"] or signum
+        return
     raise Stopped(signum)
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """Delay a stop signal until the block is done (it raises Stopped then)."""
+    _held["on"] = True
+    try:
+        yield
+    finally:
+        _held["on"] = False
+        pending, _held["pending"] = _held["pending"], None
+    if pending:
+        raise Stopped(pending)
 
 
 def wait_for(what: str, predicate: Callable[[], object], timeout: float, step: float = 0.05):
@@ -94,14 +114,22 @@ class Demo:
         self.short = Path(tempfile.mkdtemp(prefix="iim-", dir="/tmp"))
         self.channels = self.short / "ch"
         self.agent_conf = self.dir / "agent.yaml"
+        # The agent matches the process by name on the whole machine: a name of this demo's
+        # own (at most 15 characters, the kernel's comm) so that two demos never mix.
+        self.app_name = f"iim-app-{self.instance[:6]}"
 
     def spawn(self, name: str, argv: list, log: str) -> subprocess.Popen:
         out = open(self.dir / log, "ab")  # noqa: SIM115 - the child keeps it
         env = dict(os.environ, PYTHONPATH=str(ROOT))  # for python -m devtools.ptybridge
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, cwd=self.dir, env=env)
-        out.close()
-        self.procs.append((name, proc))
+        # A stop signal between the fork and the append would leave the child unknown
+        # to cleanup(): hold it until the child is on the list.
+        with _signals_held():
+            try:
+                proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
+                                        stdin=subprocess.DEVNULL, cwd=self.dir, env=env)
+                self.procs.append((name, proc))
+            finally:
+                out.close()
         return proc
 
     def start_masakari(self) -> None:
@@ -143,7 +171,7 @@ class Demo:
             # Like QEMU with the relay attached: start the guest once the host end is connected.
             wait_for("the relay to connect to the channel",
                      lambda: "host connected" in (self.dir / "ptybridge.log").read_text(), 30)
-        app = self.dir / "iim-demo-app"
+        app = self.dir / self.app_name
         shutil.copy(shutil.which("sleep") or "/bin/sleep", app)
         victim = self.spawn("demo app", [str(app), "100000"], "demo-app.log")
         self.agent_conf.write_text(
@@ -152,7 +180,7 @@ class Demo:
             f"control_socket: {self.short / 'agent.sock'}\n"
             "checks:\n"
             "  - name: demo-app\n"
-            "    process: iim-demo-app\n"
+            f"    process: {self.app_name}\n"
             "    grace: 0\n"
         )
         self.spawn("iim-agent", [str(BIN / "iim-agent"), "run", "-c", str(self.agent_conf)],
@@ -160,8 +188,10 @@ class Demo:
         return victim
 
     def relay_status(self) -> dict:
-        out = subprocess.run([str(BIN / "iim-relay"), "status", "--json", "--config-file",
-                              str(self.relay_conf)], capture_output=True, text=True, timeout=10)
+        with _signals_held():  # a short command: let it finish rather than orphan it
+            out = subprocess.run([str(BIN / "iim-relay"), "status", "--json", "--config-file",
+                                  str(self.relay_conf)], capture_output=True, text=True,
+                                 timeout=10)
         return json.loads(out.stdout) if out.returncode == 0 and out.stdout.strip() else {}
 
     def instance_state(self) -> str:
@@ -169,7 +199,8 @@ class Demo:
         return str((inst.get("detector") or {}).get("state", "")).lower()
 
     def show(self, title: str, argv: list) -> None:
-        out = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+        with _signals_held():
+            out = subprocess.run(argv, capture_output=True, text=True, timeout=10)
         say(title)
         print(out.stdout.rstrip() or out.stderr.rstrip(), flush=True)
 
@@ -177,7 +208,7 @@ class Demo:
         self.start_masakari()
         self.start_relay()
         victim = self.start_guest()
-        with step(f"iim-agent watching process 'iim-demo-app' (pid {victim.pid}); the relay "
+        with step(f"iim-agent watching process '{self.app_name}' (pid {victim.pid}); the relay "
                   "has its hello and heartbeats: detector armed"):
             wait_for("the relay to arm the instance's detector",
                      lambda: self.instance_state() == "armed", WAIT_READY, 0.2)
@@ -200,8 +231,7 @@ class Demo:
 
     def cleanup(self) -> None:
         # A second Ctrl-C, SIGTERM or SIGHUP must not cut the cleanup short.
-        sigs = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-        previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in sigs}
+        previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in STOP_SIGNALS}
         try:
             self._stop_all()
         finally:
@@ -228,7 +258,7 @@ def main(argv: Optional[list] = None) -> int:
     parser.add_argument("--keep", action="store_true",
                         help="leave everything running until Ctrl-C, SIGTERM or SIGHUP")
     args = parser.parse_args(argv)
-    for sig in (signal.SIGTERM, signal.SIGHUP):
+    for sig in STOP_SIGNALS:  # Ctrl-C too, so that it waits for a spawn to be recorded
         signal.signal(sig, _raise_stopped)
     workdir = Path(tempfile.mkdtemp(prefix="iim-demo-"))
     demo = Demo(workdir)
@@ -244,7 +274,7 @@ def main(argv: Optional[list] = None) -> int:
                   f"    {BIN / 'iim-agent'} status -c {demo.agent_conf}", flush=True)
             say(f"Ctrl-C (or kill {os.getpid()}) stops it all and removes {workdir}")
             signal.pause()
-    except (KeyboardInterrupt, Stopped) as exc:
+    except (KeyboardInterrupt, Stopped) as exc:  # Stopped(SIGINT) for Ctrl-C
         signum = exc.signum if isinstance(exc, Stopped) else signal.SIGINT
         say(f"{signal.Signals(signum).name}: stopping everything")
         # How a --keep demo is meant to end; anything earlier cut the demo short.

@@ -53,9 +53,14 @@ class DemoProcess:
         return self.proc.returncode, "".join(self.lines) + out
 
     def kill_leftovers(self) -> None:
+        """After a failed test: let the demo clean up (SIGTERM), and only then force it."""
         if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
 
 
 def cmdline(p: psutil.Process) -> str:
@@ -70,6 +75,24 @@ def alive(p: psutil.Process) -> bool:
         return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
     except psutil.Error:
         return False
+
+
+def using(*paths: Path) -> list[str]:
+    """Live processes whose command line or working directory is under one of ``paths``.
+
+    Catches what a demo started but lost track of, which a list of its children
+    taken earlier would miss.
+    """
+    prefixes = tuple(str(p) for p in paths)
+    found = []
+    for p in psutil.process_iter():
+        try:
+            where = [p.cwd(), *p.cmdline()]
+        except psutil.Error:
+            continue
+        if alive(p) and any(prefix in arg for arg in where for prefix in prefixes):
+            found.append(f"{p.pid} {cmdline(p)}")
+    return found
 
 
 def gone(procs: list[psutil.Process], timeout: float = 10.0) -> list[str]:
@@ -108,6 +131,7 @@ def test_sigterm_after_keep_stops_everything_and_removes_the_temp_dirs() -> None
     assert "==> SIGTERM: stopping everything" in out
     assert "Traceback" not in out
     assert gone(started) == []
+    assert using(workdir, short) == []
     assert not workdir.exists() and not short.exists()
     # One line per set-up step, each with its duration.
     steps = [line for line in out.splitlines() if re.search(r": \d+\.\d s$", line)]
@@ -126,4 +150,5 @@ def test_sighup_during_set_up_cleans_up_too() -> None:
     assert status == 128 + signal.SIGHUP, out
     assert "==> SIGHUP: stopping everything" in out and "Traceback" not in out
     assert gone(started) == []
+    assert using(workdir, short) == []
     assert not workdir.exists() and not short.exists()

@@ -113,3 +113,16 @@ def test_every_lintian_override_says_why(pkg) -> None:
         while j >= 0 and lines[j].strip() and not lines[j].startswith("#"):
             j -= 1
         assert j >= 0 and lines[j].startswith("# ") and len(lines[j].split()) > 4, lines[i]
+
+
+@pytest.mark.parametrize("pkg", PACKAGES)
+def test_units_point_at_the_man_page_and_the_relay_does_not_loop_on_bad_config(unpacked, pkg):
+    text = (unpacked[pkg] / f"usr/lib/systemd/system/{pkg}.service").read_text()
+    directives = [line.strip() for line in text.splitlines() if line and line[0].isalpha()]
+    assert f"Documentation=man:{pkg}(8)" in directives
+    if pkg == "iim-relay":
+        # Exit 2 is a configuration error: restarting cannot fix it, and its one-line
+        # message on stderr is what `systemctl status` shows from the journal.
+        assert "Restart=on-failure" in directives
+        assert "RestartPreventExitStatus=2" in directives
+        assert "StandardError=journal" in directives
