@@ -78,7 +78,7 @@ from host_relay.detector_rules import (
     State,
 )
 from host_relay.detector_table import TABLE
-from iim_protocol.messages import Message
+from iim_protocol.messages import GUEST_TO_HOST, Message
 
 __all__ = [
     "GUEST_HANG", "MAX_REASON_CHARS", "PROCESS_FAILURE", "Detector", "DetectorConfig",
@@ -216,7 +216,7 @@ class Detector:
                 f.channel_up = True
                 rules.ignore(f, "channel_connected", "implicit", f.now)
                 self._dispatch(Input.CONNECTED, f.now, None)
-            if not isinstance(msg, Message) or type(msg).__name__ not in _KNOWN_MESSAGES:
+            if not isinstance(msg, Message) or msg.TYPE not in GUEST_TO_HOST:
                 rules.ignore(f, "message", "unknown_type", f.now)
                 return
             rules.feed_message(f, msg, lambda inp, ev: self._dispatch(inp, f.now, ev))
@@ -369,11 +369,6 @@ class Detector:
         if to is not None:
             rules.enter(f, to if isinstance(to, State) else to(f, at), inp.value, at)
         return True
-
-
-_KNOWN_MESSAGES = frozenset(
-    {"Hello", "Heartbeat", "Failure", "Recovered", "Goodbye", "Pause", "Resume"}
-)
 
 
 def _matters(old: DetectorRecord, new: DetectorRecord) -> bool:

@@ -163,11 +163,10 @@ def clean(text: str, limit: int = MAX_REASON_CHARS) -> str:
 
 def contact_of(msg: Hello | Heartbeat) -> Contact:
     if isinstance(msg, Hello):
-        return Contact(msg.heartbeat_interval, msg.boot_id, getattr(msg, "start_id", ""),
-                       msg.agent_version, getattr(msg, "pause_known", False))
-    return Contact(getattr(msg, "interval", None), getattr(msg, "boot_id", ""),
-                   getattr(msg, "start_id", ""), None, getattr(msg, "pause_known", False),
-                   msg.seq, msg.checks)
+        return Contact(msg.heartbeat_interval, msg.boot_id, msg.start_id, msg.agent_version,
+                       msg.pause_known)
+    return Contact(msg.interval, msg.boot_id, msg.start_id, None, msg.pause_known, msg.seq,
+                   msg.checks)
 
 
 def is_start(f: Facts, c: Contact) -> bool:
@@ -212,7 +211,7 @@ def feed_message(f: Facts, msg: Any, dispatch: Callable[[Input, Any], bool]) -> 
 
 def _pause_level(f: Facts, msg: Any, source: str, dispatch) -> None:
     """A pause level, when the message has one (0.1.0 agents: absent, edges only)."""
-    if not getattr(msg, "pause_known", False):
+    if not msg.pause_known:
         return
     pause = msg.pause
     if pause is None:
@@ -437,10 +436,10 @@ def settle(f: Facts, at: float) -> State:
     """The state the facts call for, most binding first."""
     if f.cooldown_until is not None and f.cooldown_until > at:
         return State.COOLDOWN
+    if f.departed:  # the agent stopped on purpose: wait for it, incident or not
+        return State.DEPARTED
     if f.incident is not None:
         return State.FAILED
-    if f.departed:
-        return State.DEPARTED
     if not f.armed:
         return State.UNKNOWN
     if f.pause_until is not None and f.pause_until > at:

@@ -6,8 +6,8 @@ from ``detector_rules``, or None) changes the facts; the destination is a
 (stay).  A pair that is not in the table is an input that means nothing in
 that state: the detector ignores it (``Ignored(what, "in_<state>")``).
 
-The guards: ``settle`` (the state the facts call for: cooldown, open incident,
-goodbye, not armed, pause, else armed), ``watch`` (settle with the heartbeat
+The guards: ``settle`` (the state the facts call for: cooldown, goodbye, open
+incident, not armed, pause, else armed), ``watch`` (settle with the heartbeat
 timer fresh) and ``after_notify`` (COOLDOWN, FAILED when storm-capped, else
 stay).
 """
