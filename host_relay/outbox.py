@@ -330,14 +330,19 @@ class Outbox:
         return rows[0][0]
 
     def stats(self, now: float) -> dict:
-        rows = self._query(
+        with self._lock:
+            return self.stats_from(self._db, now)
+
+    @staticmethod
+    def stats_from(db: sqlite3.Connection, now: float) -> dict:
+        """Queue depth and friends, read through ``db`` (any connection to the file)."""
+        depth, oldest, dead, delivered, retrying = db.execute(
             "SELECT"
             " SUM(state = 'queued'), MIN(CASE WHEN state = 'queued' THEN created_at END),"
             " SUM(state = 'dead'), SUM(state = 'delivered'),"
             " SUM(state = 'queued' AND attempts > 0)"
             " FROM outbox"
-        )
-        depth, oldest, dead, delivered, retrying = rows[0]
+        ).fetchone()
         return {
             "depth": depth or 0,
             "oldest_queued_age": max(0.0, now - oldest) if oldest is not None else 0.0,

@@ -1,0 +1,118 @@
+"""File systems that fail on purpose, for the outbox fault tests (root only).
+
+- :func:`full_tmpfs`: a 1 MiB tmpfs; ``fill()`` takes every free byte, ``free()`` gives
+  them back (ENOSPC, then recovery).
+- :func:`loop_ext4`: an ext4 image on a loop device, mounted.  Its backing file
+  lives on a small tmpfs of its own: ``break_io()`` fills that tmpfs, so the loop
+  device fails writes and the file system returns EIO on fsync (device-mapper's
+  ``error`` target is not available in this kernel); ``fix_io()`` frees it.
+  ``remount_ro()``/``remount_rw()`` (EROFS) and ``freeze()``/``thaw()`` (fsfreeze)
+  act on the same mount.
+
+A process blocked on a frozen file system cannot be killed until it thaws: a
+test that freezes must thaw in a ``finally`` before it stops its processes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import tempfile
+
+import pytest
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="mounts file systems: needs root")
+
+
+def _run(*cmd: str) -> str:
+    return subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=30).stdout
+
+
+class Mount:
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._filler = os.path.join(path, ".filler")
+
+    def fill(self) -> None:
+        """Take all free space (ENOSPC for everyone else)."""
+        with open(self._filler, "ab") as f:
+            chunk = b"\0" * 65536
+            with contextlib.suppress(OSError):
+                while True:
+                    f.write(chunk)
+                    f.flush()
+        with contextlib.suppress(OSError), open(self._filler + "2", "ab") as f:
+            while True:  # the last few bytes, below a chunk
+                f.write(b"\0" * 512)
+                f.flush()
+
+    def free(self) -> None:
+        for name in (self._filler, self._filler + "2"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(name)
+
+
+@contextlib.contextmanager
+def full_tmpfs(size: str = "1m"):
+    path = tempfile.mkdtemp(prefix="iim-full-", dir="/tmp")
+    _run("mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", path)
+    try:
+        yield Mount(path)
+    finally:
+        subprocess.run(["umount", "-l", path], capture_output=True, timeout=30)
+        shutil.rmtree(path, ignore_errors=True)
+
+
+class LoopExt4(Mount):
+    def __init__(self, path: str, backing: Mount, device: str) -> None:
+        super().__init__(path)
+        self.backing = backing
+        self.device = device
+        self.frozen = False
+
+    def break_io(self) -> None:
+        self.backing.fill()
+
+    def fix_io(self) -> None:
+        self.backing.free()
+
+    def remount_ro(self) -> None:
+        _run("mount", "-o", "remount,ro", self.path)
+
+    def remount_rw(self) -> None:
+        _run("mount", "-o", "remount,rw", self.path)
+
+    def freeze(self) -> None:
+        _run("fsfreeze", "--freeze", self.path)
+        self.frozen = True
+
+    def thaw(self) -> None:
+        if self.frozen:
+            _run("fsfreeze", "--unfreeze", self.path)
+            self.frozen = False
+
+
+@contextlib.contextmanager
+def loop_ext4(size_mb: int = 32, backing_size: str = "8m"):
+    """An ext4 (no journal, errors=continue) on a loop device whose file sits on a tmpfs."""
+    with full_tmpfs(backing_size) as backing:
+        image = os.path.join(backing.path, "disk.img")
+        _run("truncate", "-s", f"{size_mb}M", image)
+        _run("mkfs.ext4", "-q", "-O", "^has_journal", "-E", "nodiscard", image)
+        device = _run("losetup", "--find", "--show", image).strip()
+        path = tempfile.mkdtemp(prefix="iim-ext4-", dir="/tmp")
+        try:
+            _run("mount", "-o", "errors=continue", device, path)
+            fs = LoopExt4(path, backing, device)
+            try:
+                yield fs
+            finally:
+                with contextlib.suppress(subprocess.CalledProcessError):
+                    fs.thaw()
+                backing.free()
+                subprocess.run(["umount", "-l", path], capture_output=True, timeout=30)
+        finally:
+            subprocess.run(["losetup", "-d", device], capture_output=True, timeout=30)
+            shutil.rmtree(path, ignore_errors=True)
