@@ -15,7 +15,8 @@ this module does not know is logged at DEBUG and otherwise ignored.
 from __future__ import annotations
 
 import logging
-from typing import Any, Optional
+import time
+from typing import Any, Callable, Optional
 
 from host_relay.detector import (
     Ignored,
@@ -90,3 +91,46 @@ def render(uuid: str, outputs: Any, marks: dict[str, float],
         else:
             LOG.debug("Instance %s: unknown detector output %r", uuid, out, extra=extra)
     return notifies, record
+
+
+class OutputHandler:
+    """Carries out one detector call's outputs: log them, write notify + record together.
+
+    A notification is reported ("is in the outbox"), the sender woken and the
+    decision-to-disk latency observed only in ``on_committed``, once the writer
+    has it on disk.
+    """
+
+    def __init__(self, writer: Any, sender: Any, hostname: str, *,
+                 clock: Callable[[], float] = time.monotonic,
+                 wall_clock: Callable[[], float] = time.time,
+                 observe_queued: Optional[Callable[[Notify, float], None]] = None) -> None:
+        self._writer = writer
+        self._sender = sender
+        self._hostname = hostname
+        self._clock = clock
+        self._wall = wall_clock
+        self.observe_queued = observe_queued
+
+    def __call__(self, uuid: str, marks: dict[str, float], outputs: Any) -> None:
+        now = self._clock()
+        notifies, record = render(uuid, outputs, marks, now)
+        stored = None
+        if record is not None:
+            stored = record.shifted(self._wall() - now).to_json()  # stored on the wall clock
+        for i, note in enumerate(notifies):
+            last = i == len(notifies) - 1
+            self._writer.submit(
+                uuid, notify=note, hostname=self._hostname, record=stored if last else None,
+                on_committed=lambda entry, note=note: self._queued(entry, note))
+        if stored is not None and not notifies:
+            self._writer.submit(uuid, record=stored)
+
+    def _queued(self, entry: Any, note: Notify) -> None:
+        LOG.warning("Instance %s: %s notification (%s) is in the outbox as entry %s (%s)",
+                    entry.instance_uuid, entry.kind, entry.reason, entry.id, entry.state,
+                    extra={"instance_uuid": entry.instance_uuid})
+        if entry.state == "queued":
+            self._sender.wake()
+        if self.observe_queued is not None:
+            self.observe_queued(note, self._clock() - note.at)

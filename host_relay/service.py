@@ -38,7 +38,7 @@ from host_relay.domains import ORIGIN_SOCKET_DIR
 from host_relay.instances import SOURCE_LIBVIRT, SOURCE_SOCKET_DIR, Instance, InstanceTable
 from host_relay.offloop import Worker
 from host_relay.settings import RelaySettings
-from host_relay.store import StoreWriter, restore_records, stored_record
+from host_relay.store import StoreWriter, restore_records
 from host_relay.transports import transport_for
 
 LOG = logging.getLogger(__name__)
@@ -160,6 +160,8 @@ class Relay:
         if getattr(sender, "direct_results", False) is None:
             sender.direct_results = self.writer
         self._view = status.OutboxView(outbox.path, wall_clock)
+        self._outputs = render.OutputHandler(self.writer, sender, settings.host, clock=clock,
+                                             wall_clock=wall_clock)
         self._ops = Worker("outbox-ops")  # restore, requeue, close: never on the loop
         self._supervisor = Supervisor(clock)
         self._discovery: Optional[Discovery] = None
@@ -177,6 +179,7 @@ class Relay:
             self.metrics = RelayMetrics(settings.metrics.address)
             if getattr(sender, "on_delivered", False) is None:
                 sender.on_delivered = self.metrics.observe_delivery
+            self._outputs.observe_queued = self.metrics.observe_queued
         # systemd (host_relay.systemd): READY=1 once the outbox is open, the stored
         # records read and the channel directory scanned; WATCHDOG=1; STOPPING=1.
         self._notify = notify or (lambda state: False)
@@ -398,27 +401,7 @@ class Relay:
 
     def carry_out(self, inst: Instance, outputs: list) -> None:
         """Render a detector call's outputs; write its notifications with its record."""
-        now = self._clock()
-        notifies, record = render.render(inst.uuid, outputs, inst.log_marks, now)
-        stored = None
-        if record is not None:
-            stored = stored_record(record, now, self._wall_clock())
-        for i, note in enumerate(notifies):
-            last = i == len(notifies) - 1
-            self.writer.submit(
-                inst.uuid, notify=note, hostname=self.settings.host,
-                record=stored if last else None,
-                on_committed=lambda entry, note=note: self._queued(entry, note))
-        if stored is not None and not notifies:
-            self.writer.submit(inst.uuid, record=stored)
-
-    def _queued(self, entry: Any, note: Any) -> None:
-        LOG.warning("Instance %s: %s notification (%s) is in the outbox as entry %s (%s)",
-                    entry.instance_uuid, entry.kind, entry.reason, entry.id, entry.state)
-        if entry.state == "queued":
-            self.sender.wake()
-        if self.metrics is not None:
-            self.metrics.observe_queued(note, self._clock() - note.at)
+        self._outputs(inst.uuid, inst.log_marks, outputs)
 
     # -- control requests -----------------------------------------------------
 

@@ -393,11 +393,6 @@ class StoreWriter:
         self._kick()
 
 
-def stored_record(record: Any, mono_now: float, wall_now: float) -> dict[str, Any]:
-    """A detector record as stored: on the wall clock, as JSON."""
-    return record.shifted(wall_now - mono_now).to_json()
-
-
 def restore_records(outbox: Outbox, record_type: Any, mono_now: float,
                     wall_now: float) -> dict[str, Any]:
     """Every stored record, back on the monotonic clock; unreadable ones are logged."""

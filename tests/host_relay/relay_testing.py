@@ -44,6 +44,7 @@ class FakeGuest:
         self.writer: asyncio.StreamWriter | None = None
         self.connected = asyncio.Event()
         self.connections = 0
+        self.received = bytearray()  # what the relay wrote (its sync requests), bounded
 
     async def start(self) -> FakeGuest:
         self.server = await asyncio.start_unix_server(self._on_client, path=self.path)
@@ -54,7 +55,11 @@ class FakeGuest:
         self.writer = writer
         self.connected.set()
         try:
-            await reader.read()  # the relay never writes; wait for it to go away
+            while len(self.received) < 65536:  # the relay writes a sync per connect
+                data = await reader.read(4096)
+                if not data:
+                    break
+                self.received += data
         except (ConnectionError, asyncio.CancelledError):
             pass  # the test is over
 
