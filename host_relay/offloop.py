@@ -46,13 +46,15 @@ class Worker:
             loop, future, fn, args = item
             self._busy_since = time.monotonic()
             try:
-                result = fn(*args)
+                outcome: tuple[Any, Optional[BaseException]] = (fn(*args), None)
             except BaseException as exc:  # noqa: BLE001 - handed to the awaiting side
-                loop.call_soon_threadsafe(_settle, future, None, exc)
-            else:
-                loop.call_soon_threadsafe(_settle, future, result, None)
+                outcome = (None, exc)
             finally:
                 self._busy_since = None
+            try:
+                loop.call_soon_threadsafe(_settle, future, *outcome)
+            except RuntimeError:  # the loop is gone (the relay stopped meanwhile)
+                LOG.debug("%s: a call finished after its event loop closed", self.name)
 
     def busy_for(self) -> float:
         """Seconds the current call has been running (0 when idle)."""

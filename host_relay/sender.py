@@ -32,6 +32,7 @@ import enum
 import logging
 import random
 import re
+import sqlite3
 import time
 from typing import Any, Callable, Optional
 
@@ -172,6 +173,10 @@ class Sender:
         self.direct_results = direct_results
         self.last_verdict: Optional[Verdict] = None
         self._worker = Worker("outbox-sender")
+        self._db_error: Optional[str] = None  # the outbox failed; logged once per run
+        # Masakari's answers not yet recorded on their row (the disk failed): recorded
+        # on the next try instead of posting the entry a second time.
+        self._answered: dict[int, Result] = {}
         self._wake = asyncio.Event()
         self._failing = False  # the last attempt failed transiently (API down?)
 
@@ -212,13 +217,23 @@ class Sender:
                 next_at = await self._db(self.outbox.next_due_at)
                 if deferred:  # a direct send is under way: look again shortly
                     next_at = self.clock() + _DEFERRED_RECHECK
-            except Exception:
-                # sqlite trouble (disk full, I/O error): log it and try again later;
-                # entries stay where they were, so nothing is lost.
+            except Exception as exc:  # noqa: BLE001 - sqlite trouble (disk full, I/O error)
+                # Entries stay where they were, so nothing is lost; an answer Masakari
+                # gave is kept in memory until it is recorded (see send_one).
                 self.counters.errors += 1
-                LOG.exception("outbox error in the masakari sender; retrying in %s s",
-                              self.backoff_max)
+                if self._db_error is None:
+                    LOG.error("masakari sender cannot use the outbox %s: %s: %s; retrying "
+                              "every %s s (the writer's status says what to fix)",
+                              self.outbox.path, type(exc).__name__, exc, self.backoff_max,
+                              exc_info=not isinstance(exc, (sqlite3.Error, OSError)))
+                else:
+                    LOG.debug("masakari sender: outbox still failing: %s", exc)
+                self._db_error = f"{type(exc).__name__}: {exc}"
                 next_at = self.clock() + self.backoff_max
+            else:
+                if self._db_error is not None:
+                    LOG.info("masakari sender can use the outbox again")
+                    self._db_error = None
             timeout = None if next_at is None else max(0.0, next_at - self.clock())
             await self._wait(stop_event, timeout)
         LOG.info("masakari sender stopped")
@@ -240,7 +255,9 @@ class Sender:
             known = self.direct_results.direct_result(entry.token)
             if known is not None and not isinstance(known, Result):
                 return None  # being sent straight to Masakari right now: never twice
-        if isinstance(known, Result):
+        if entry.id in self._answered:
+            result = self._answered[entry.id]  # answered before; only the record failed
+        elif isinstance(known, Result):
             result = known  # sent while the disk was broken: record, do not post again
             LOG.info("failure of instance %s (%s) was sent straight to Masakari while the "
                      "outbox could not be written; recording that answer", entry.instance_uuid,
@@ -250,7 +267,9 @@ class Sender:
                 result = await asyncio.to_thread(self.client.post_notification, entry)
             except Exception as exc:  # the client should not raise; never let it kill us
                 result = Result(None, "", None, f"{type(exc).__name__}: {exc}")
+        self._answered[entry.id] = result
         verdict = await self._record(entry, result)
+        self._answered.pop(entry.id, None)
         if isinstance(known, Result):
             self.direct_results.settled(entry.token)
         return verdict

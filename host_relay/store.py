@@ -86,10 +86,29 @@ class _Pending:
 
 
 def classify_disk_error(exc: BaseException, path: str) -> tuple[str, str]:
-    """(errno name, fix) for an exception from a commit."""
+    """(errno name, fix) for an exception from a commit; call it off the loop.
+
+    sqlite reports a write refused by a read-only or full file system as a
+    generic I/O error at times (Python does not expose its errno), so the file
+    system itself is asked too: statvfs (read-only mount, no space left), and a
+    small probe file written, synced and removed next to the outbox (ext4 turned
+    read-only by an error does not show in statvfs).  A device that fails
+    writes stays EIO even when the device's own reason is a full backing store.
+    """
     code: Optional[int] = getattr(exc, "errno", None) if isinstance(exc, OSError) else None
     name = getattr(exc, "sqlite_errorname", "") or ""
     text = str(exc).lower()
+    where = os.path.dirname(path) or "."
+    try:
+        fs = os.statvfs(where)
+        if fs.f_flag & os.ST_RDONLY:
+            code = errno.EROFS
+        elif fs.f_bavail == 0 and code is None:
+            code = errno.ENOSPC
+    except OSError:
+        pass
+    if code is None and _probe(where) == errno.EROFS:  # ext4's read-only-after-error
+        code = errno.EROFS
     if code == errno.ENOSPC or name.startswith("SQLITE_FULL") or "disk is full" in text:
         kind = "ENOSPC"
     elif (code == errno.EROFS or name.startswith("SQLITE_READONLY")
@@ -99,7 +118,6 @@ def classify_disk_error(exc: BaseException, path: str) -> tuple[str, str]:
         kind = "EIO"
     else:
         kind = errno.errorcode.get(code or 0, "other")
-    where = os.path.dirname(path) or "."
     fixes = {
         "ENOSPC": f"free space on the file system holding {where} (df {where})",
         "EROFS": f"the file system holding {where} is read-only: repair it and remount "
@@ -108,6 +126,22 @@ def classify_disk_error(exc: BaseException, path: str) -> tuple[str, str]:
                "repair or replace it, or move [DEFAULT] state_path to a healthy disk",
     }
     return kind, fixes.get(kind, f"check the file system holding {where}")
+
+
+def _probe(where: str) -> Optional[int]:
+    """The errno a small synced write next to the outbox gets, or None if it works."""
+    path = os.path.join(where, ".iim-relay-probe")
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, b"x" * 4096)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            os.unlink(path)
+    except OSError as exc:
+        return exc.errno
+    return None
 
 
 class StoreWriter:
@@ -265,7 +299,7 @@ class StoreWriter:
         rows = {k: (None if v is _FORGET else v) for k, v in records.items()}
         self._commit_started = self._clock()
         try:
-            written = await self._worker.call(self.outbox.commit, entries, rows, self._wall())
+            written = await self._worker.call(self._commit, entries, rows, self._wall())
         except Exception as exc:  # noqa: BLE001 - sqlite/OS errors, or a bug: kept, retried
             self._failed(exc)
             return False
@@ -291,6 +325,14 @@ class StoreWriter:
                     LOG.exception("Observer of outbox entry %s failed", entry.id)
         return True
 
+    def _commit(self, entries: list[NewEntry], rows: dict, wall: float) -> list[Entry]:
+        """In the writer thread: commit, or raise with the error classified (statvfs)."""
+        try:
+            return self.outbox.commit(entries, rows, wall)
+        except Exception as exc:
+            exc.iim_disk_error = classify_disk_error(exc, self.outbox.path)  # type: ignore
+            raise
+
     def _entry_to_write(self, pending: _Pending) -> NewEntry:
         result = self._direct_done.get(pending.new.token)
         if result is None:
@@ -305,7 +347,7 @@ class StoreWriter:
 
     def _failed(self, exc: BaseException) -> None:
         self.commit_failures += 1
-        kind, fix = classify_disk_error(exc, self.outbox.path)
+        kind, fix = getattr(exc, "iim_disk_error", None) or ("other", f"check {self.outbox.path}")
         error = f"{type(exc).__name__}: {exc}"
         if self._problem is None or self._problem.errno_name != kind:
             since = self._problem.since if self._problem else self._wall()

@@ -72,17 +72,40 @@ class LoopExt4(Mount):
         self.device = device
         self.frozen = False
 
-    def break_io(self) -> None:
+    def break_io(self, sqlite_files: tuple[str, ...] = ()) -> None:
+        """Writes to new blocks fail with EIO from now on.
+
+        sqlite reuses its WAL from the start after a checkpoint, and overwriting a
+        block whose backing page exists needs no space: so each database in
+        ``sqlite_files`` is checkpointed with its WAL truncated first; with
+        ``discard`` the freed blocks give their backing pages back, and the next
+        commit must take new ones, which the full backing tmpfs refuses.
+        """
+        import sqlite3
+
+        for path in sqlite_files:
+            db = sqlite3.connect(path)
+            try:
+                db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+            finally:
+                db.close()
+        _run("sync", "-f", self.path)
+        _run("fstrim", self.path)
         self.backing.fill()
 
     def fix_io(self) -> None:
         self.backing.free()
 
-    def remount_ro(self) -> None:
-        _run("mount", "-o", "remount,ro", self.path)
+    def error_ro(self) -> None:
+        """An ext4 error (as a failing disk causes one): errors=remount-ro makes it read-only.
 
-    def remount_rw(self) -> None:
-        _run("mount", "-o", "remount,rw", self.path)
+        ``mount -o remount,ro`` is refused (EBUSY) while the relay holds the outbox
+        open for writing, so the kernel's own error path is used.  It sticks until
+        the file system is unmounted (fsck, then mount): a relay restart.
+        """
+        dev = os.path.basename(self.device)
+        with open(f"/sys/fs/ext4/{dev}/trigger_fs_error", "w") as f:
+            f.write("iim test: outbox disk turned read-only")
 
     def freeze(self) -> None:
         _run("fsfreeze", "--freeze", self.path)
@@ -95,16 +118,17 @@ class LoopExt4(Mount):
 
 
 @contextlib.contextmanager
-def loop_ext4(size_mb: int = 32, backing_size: str = "8m"):
+def loop_ext4(size_mb: int = 32, backing_size: str = "8m", errors: str = "continue"):
     """An ext4 (no journal, errors=continue) on a loop device whose file sits on a tmpfs."""
     with full_tmpfs(backing_size) as backing:
         image = os.path.join(backing.path, "disk.img")
         _run("truncate", "-s", f"{size_mb}M", image)
-        _run("mkfs.ext4", "-q", "-O", "^has_journal", "-E", "nodiscard", image)
+        # 4 KiB blocks: one tmpfs page each, so a new block always needs new backing space
+        _run("mkfs.ext4", "-q", "-b", "4096", "-O", "^has_journal", image)
         device = _run("losetup", "--find", "--show", image).strip()
         path = tempfile.mkdtemp(prefix="iim-ext4-", dir="/tmp")
         try:
-            _run("mount", "-o", "errors=continue", device, path)
+            _run("mount", "-o", f"errors={errors},discard", device, path)
             fs = LoopExt4(path, backing, device)
             try:
                 yield fs

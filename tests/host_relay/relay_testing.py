@@ -116,3 +116,65 @@ async def wait_until(predicate, timeout: float, step: float = 0.01) -> float:
             raise AssertionError(f"condition not met within {timeout}s")
         await asyncio.sleep(step)
     return time.monotonic() - start
+
+
+class CountingProxy:
+    """An HTTP proxy on 127.0.0.1 in front of masakari-api that counts the POSTs it forwards.
+
+    Masakari answers a repeated notification with 409 and records it once, so its own
+    list cannot show a second POST; this count can.  ``posts[instance_uuid]``.
+    """
+
+    def __init__(self, target: str) -> None:
+        import http.server
+        import json
+        import threading
+        import urllib.error
+        import urllib.request
+
+        self.target = target.rstrip("/")
+        self.posts: dict[str, int] = {}
+        self.statuses: list[int] = []
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:  # quiet
+                pass
+
+            def _forward(self, method: str) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else None
+                if method == "POST" and self.path.endswith("/notifications") and body:
+                    inst = json.loads(body)["notification"]["payload"]["instance_uuid"]
+                    proxy.posts[inst] = proxy.posts.get(inst, 0) + 1
+                req = urllib.request.Request(proxy.target + self.path, data=body, method=method,
+                                             headers={k: v for k, v in self.headers.items()
+                                                      if k.lower() != "host"})
+                try:
+                    with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310
+                        status, data = resp.status, resp.read()
+                except urllib.error.HTTPError as exc:
+                    status, data = exc.code, exc.read()
+                except OSError:
+                    status, data = 502, b'{"error": "masakari-api unreachable"}'
+                proxy.statuses.append(status)
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+                self._forward("POST")
+
+            def do_GET(self) -> None:  # noqa: N802
+                self._forward("GET")
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
