@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from iim_protocol.codec import HEADER, MAX_BODY, TRAILER, Decoder, encode
+from iim_protocol.codec import HEADER, MAX_BODY, MAX_HOST_BODY, TRAILER, Decoder, encode
 from iim_protocol.messages import (
     MAX_CHECKS,
     MAX_HEARTBEAT_INTERVAL,
@@ -137,6 +137,7 @@ def test_documented_limits_match_the_code() -> None:
     rows = {
         "MAX_BODY": f"| `MAX_BODY` | {MAX_BODY} bytes |",
         "MAX_FRAME": f"| `MAX_FRAME` | {HEADER.size + MAX_BODY + TRAILER.size} bytes |",
+        "MAX_HOST_BODY": f"| `MAX_HOST_BODY` | {MAX_HOST_BODY} bytes |",
         "MAX_NAME_BYTES": f"| `MAX_NAME_BYTES` | {MAX_NAME_BYTES} bytes |",
         "MAX_TEXT_BYTES": f"| `MAX_TEXT_BYTES` | {MAX_TEXT_BYTES} bytes |",
         "MAX_CHECKS": f"| `MAX_CHECKS` | {MAX_CHECKS} |",
@@ -148,6 +149,14 @@ def test_documented_limits_match_the_code() -> None:
     assert MAX_SEQ == 2**63 - 1
     for name, row in rows.items():
         assert row in text, name
+    # The sizes quoted for the largest messages are today's.
+    from tests.protocol.samples import LARGEST_HEARTBEAT, LARGEST_HELLO
+
+    heartbeat, hello = (len(encode(m)) - HEADER.size - TRAILER.size
+                        for m in (LARGEST_HEARTBEAT, LARGEST_HELLO))
+    assert f"a 256-byte pause reason, is {heartbeat} bytes; a hello at its limits is {hello})" in (
+        " ".join(text.split())
+    )
 
 
 def test_every_rejection_reason_is_documented() -> None:
