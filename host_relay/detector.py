@@ -45,10 +45,10 @@ a restored cooldown, incident, storm-cap window and pause hold as they were.
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any, Optional
 
 from host_relay import detector_rules as rules
+from host_relay.detector_config import DetectorConfig  # re-exported: its home moved
 from host_relay.detector_outputs import (
     GUEST_HANG,
     PROCESS_FAILURE,
@@ -87,72 +87,6 @@ __all__ = [
     "Started", "State", "Suppressed", "Transitioned",
 ]
 
-
-
-def _check_number(name: str, value: Any, lo: float, hi: float, why: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{name} must be a number, not {type(value).__name__}")
-    if math.isnan(value) or not lo <= value <= hi:
-        raise ValueError(f"{name}={value!r} must be within [{lo}, {hi}]: {why}")
-
-
-@dataclasses.dataclass(frozen=True)
-class DetectorConfig:
-    """Limits of one detector.  Validated here, each limit with its reason."""
-
-    missed_heartbeats: int = 10  # hang = this many intervals without a heartbeat
-    min_interval: float = 0.5  # clamp for the guest's hello heartbeat_interval
-    max_interval: float = 10.0
-    min_uptime: float = 10.0  # no hang detection until this long after hello
-    max_pause: float = 3600.0  # a guest pause is clamped to this
-    cooldown: float = 300.0  # after notifying, no further notification for this long
-    max_notifications: int = 3  # restart-storm cap per instance ...
-    notification_window: float = 3600.0  # ... per sliding window of this many seconds
-    late_tolerance: float = 2.0  # a hang deadline seen later than this: the relay stalled
-
-    def __post_init__(self) -> None:
-        if isinstance(self.missed_heartbeats, bool) or not isinstance(self.missed_heartbeats, int):
-            raise ValueError("missed_heartbeats must be an integer")
-        if not 1 <= self.missed_heartbeats <= 100:
-            raise ValueError(
-                "missed_heartbeats must be within [1, 100]: 0 would call every guest hung, "
-                "more than 100 intervals makes hang detection useless"
-            )
-        _check_number(
-            "min_interval", self.min_interval, 0.1, 60.0,
-            "the guest cannot send faster than 10 Hz nor slower than a minute (protocol limits)",
-        )
-        _check_number(
-            "max_interval", self.max_interval, self.min_interval, 60.0,
-            "it must not be below min_interval, and the protocol caps intervals at a minute",
-        )
-        _check_number(
-            "min_uptime", self.min_uptime, 0.0, 3600.0,
-            "a boot that needs more than an hour hides hangs for too long",
-        )
-        _check_number(
-            "max_pause", self.max_pause, 0.0, 7 * 24 * 3600.0,
-            "the protocol caps pauses at a week",
-        )
-        _check_number(
-            "cooldown", self.cooldown, 0.0, 24 * 3600.0,
-            "a cooldown longer than a day leaves a recovered instance unwatched",
-        )
-        if isinstance(self.max_notifications, bool) or not isinstance(self.max_notifications, int):
-            raise ValueError("max_notifications must be an integer")
-        if not 1 <= self.max_notifications <= 1000:
-            raise ValueError(
-                "max_notifications must be within [1, 1000]: 0 would silently disable "
-                "recovery (stop the relay instead)"
-            )
-        _check_number(
-            "notification_window", self.notification_window, 1.0, 30 * 24 * 3600.0,
-            "the window must be positive, and the relay keeps at most a month of history",
-        )
-        _check_number(
-            "late_tolerance", self.late_tolerance, 0.0, 3600.0,
-            "it must not be negative",
-        )
 
 
 class Detector:

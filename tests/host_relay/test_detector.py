@@ -56,6 +56,7 @@ def test_default_config_is_valid_and_the_brief_values():
     "field, value, words",
     [
         ("missed_heartbeats", 0, "every guest hung"),
+        ("missed_heartbeats", 1, "one late heartbeat"),  # [detector] missed_heartbeats min=2
         ("missed_heartbeats", True, "integer"),
         ("min_interval", 0.0, "10 Hz"),
         ("max_interval", 0.4, "min_interval"),
@@ -184,13 +185,6 @@ def test_heartbeat_in_suspect_goes_back_to_armed_without_notifying():
     out = d.message(hb(99), 22.9)
     assert d.state is State.ARMED and not notifies(out)
     assert d.next_deadline() == pytest.approx(24.9)
-
-
-def test_one_missed_heartbeat_allowed_means_no_suspect_state():
-    d = armed(DetectorConfig(missed_heartbeats=1, min_uptime=0))
-    d.message(hb(), 5)
-    assert d.next_deadline() == 6.0
-    assert notifies(d.tick(6.0)) and d.state is State.COOLDOWN
 
 
 def test_min_uptime_holds_hang_detection_after_hello():
