@@ -12,7 +12,7 @@ the passing of time - into typed outputs (``detector_outputs``): ``Notify``,
 
 Every transition is one row of ``detector_table.TABLE``: (state, input) ->
 (handler, destination state or guard).  A message becomes inputs
-(``detector_rules.feed_message``); a heartbeat is the agent's whole state, so
+(``detector_inputs.feed_message``); a heartbeat is the agent's whole state, so
 it arms a detector that never saw a hello, and a check it reports failed is
 the same FAILURE input a failure frame is (the frame is the fast path), a
 check it reports ok is RECOVERED, and a pause level (0.2 agents) is PAUSE or
@@ -49,6 +49,7 @@ from typing import Any, Optional
 
 from host_relay import detector_rules as rules
 from host_relay.detector_config import DetectorConfig  # re-exported: its home moved
+from host_relay.detector_inputs import Input, feed_message
 from host_relay.detector_outputs import (
     GUEST_HANG,
     PROCESS_FAILURE,
@@ -74,7 +75,6 @@ from host_relay.detector_rules import (
     PAUSE_SLACK,
     DomainState,
     Facts,
-    Input,
     State,
 )
 from host_relay.detector_table import TABLE
@@ -153,7 +153,7 @@ class Detector:
             if not isinstance(msg, Message) or msg.TYPE not in GUEST_TO_HOST:
                 rules.ignore(f, "message", "unknown_type", f.now)
                 return
-            rules.feed_message(f, msg, lambda inp, ev: self._dispatch(inp, f.now, ev))
+            feed_message(f, msg, lambda inp, ev: self._dispatch(inp, f.now, ev))
 
         return self._run(now, None, None, fact)
 

@@ -16,10 +16,10 @@ from __future__ import annotations
 
 from typing import Optional, Union
 
+from host_relay.detector_inputs import Input
 from host_relay.detector_rules import (
     Guard,
     Handler,
-    Input,
     State,
     after_notify,
     fresh_timer,
