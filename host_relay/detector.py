@@ -44,7 +44,6 @@ a restored cooldown, incident, storm-cap window and pause hold as they were.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, Optional
 
 from host_relay import detector_rules as rules
@@ -234,13 +233,30 @@ class Detector:
         if inp is not None:
             self._dispatch(inp, now, msg)
         self._advance(now)
-        rec = self.record()
-        if _matters(self._persisted, rec):
-            self._persisted = rec
+        if self._changed():
+            self._persisted = rec = self.record()
             f.counters.persists += 1
             out.append(Persist(rec))
         f.out = []
         return out
+
+    def _changed(self) -> bool:
+        """Does the durable part differ from the last Persist in a way worth a write?
+
+        Not for last_heard (every heartbeat), nor a pause end moved by less than
+        PAUSE_SLACK (a pause level read a little later than the last one)."""
+        f, old = self._f, self._persisted
+        if (old.armed, old.interval, old.boot_id, old.start_id, old.incident,
+                old.cooldown_until, old.pause_reason, old.pause_origin) != (
+                f.armed, f.interval, f.boot_id, f.start_id, f.incident, f.cooldown_until,
+                f.pause_reason, f.pause_origin):
+            return True
+        if len(old.notified_at) != len(f.notified_at) or (
+                f.notified_at and old.notified_at[-1] != f.notified_at[-1]):
+            return True
+        if old.pause_until is None or f.pause_until is None:
+            return (old.pause_until is None) != (f.pause_until is None)
+        return abs(old.pause_until - f.pause_until) > PAUSE_SLACK
 
     def _advance(self, now: float) -> None:
         # Each timer handler leaves its state or moves its deadline past now,
@@ -303,13 +319,3 @@ class Detector:
         if to is not None:
             rules.enter(f, to if isinstance(to, State) else to(f, at), inp.value, at)
         return True
-
-
-def _matters(old: DetectorRecord, new: DetectorRecord) -> bool:
-    """Does ``new`` differ from the stored ``old`` in a way worth a write?"""
-    if (old.pause_until is None) != (new.pause_until is None):
-        return True
-    if old.pause_until is not None and abs(old.pause_until - new.pause_until) > PAUSE_SLACK:
-        return True
-    keep = dict(last_heard=None, pause_until=None)
-    return dataclasses.replace(old, **keep) != dataclasses.replace(new, **keep)

@@ -119,7 +119,7 @@ def emit(f: Facts, out: Any) -> None:
 
 
 def ignore(f: Facts, what: str, reason: str, at: float) -> None:
-    f.counters.ignored[(what, reason)] += 1
+    f.counters.ignored[f"{what}:{reason}"] += 1
     emit(f, Ignored(what, reason, at))
 
 

@@ -122,7 +122,7 @@ def test_heartbeats_of_an_0_1_0_agent_before_hello_are_ignored_and_counted():
     out = beat(d, 1, 100)
     assert d.state is State.UNKNOWN and d.next_deadline() is None
     assert len(ignored(out, "before_hello")) == 100
-    assert d.counters.ignored[("heartbeat", "before_hello")] == 100
+    assert d.counters.ignored["heartbeat:before_hello"] == 100
     assert not notifies(d.tick(10_000))
 
 
