@@ -29,7 +29,7 @@ from host_relay.detector_outputs import (
     Transitioned,
 )
 from host_relay.detector_record import Incident
-from iim_protocol.messages import Goodbye
+from iim_protocol.messages import MAX_CHECKS, Goodbye
 
 if TYPE_CHECKING:
     from host_relay.detector_inputs import CheckEvent, Contact, PauseEvent
@@ -146,6 +146,12 @@ def heard(f: Facts, at: float, seq: Optional[int] = None) -> None:
         close_incident(f, "the guest speaks again", at)
 
 
+def note_check(f: Facts, name: str, state: str) -> None:
+    """A frame's word on one check; at most MAX_CHECKS names, whatever the guest sends."""
+    if name in f.checks or len(f.checks) < MAX_CHECKS:
+        f.checks[name] = state
+
+
 def close_incident(f: Facts, why: str, at: float) -> None:
     inc = f.incident
     if inc is not None:
@@ -259,18 +265,18 @@ def on_heartbeat(f: Facts, at: float, c: Contact) -> None:
 
 
 def on_failure(f: Facts, at: float, ev: CheckEvent) -> None:
-    f.checks[ev.check] = "failed"
+    note_check(f, ev.check, "failed")
     notify(f, PROCESS_FAILURE, ev.check, ev.reason, at, ev.fresh)
 
 
 def on_suppressed_failure(f: Facts, at: float, ev: CheckEvent) -> None:
-    f.checks[ev.check] = "failed"
+    note_check(f, ev.check, "failed")
     why = {State.PAUSED: "paused", State.COOLDOWN: "cooldown"}.get(f.state, "open_incident")
     suppress(f, PROCESS_FAILURE, ev.check, why, clean(ev.reason), at, ev.fresh)
 
 
 def on_recovered(f: Facts, at: float, ev: CheckEvent) -> None:
-    f.checks[ev.check] = "ok"
+    note_check(f, ev.check, "ok")
     inc = f.incident
     if inc is not None and inc.kind == PROCESS_FAILURE and inc.check == ev.check:
         close_incident(f, f"check {clean(ev.check, 64)} recovered ({ev.source})", at)
@@ -296,8 +302,6 @@ def on_pause_expired(f: Facts, at: float, ev: None) -> None:
 
 def on_cooldown_expired(f: Facts, at: float, ev: None) -> None:
     f.cooldown_until = None
-    if f.pause_until is not None and f.pause_until <= at:
-        clear_pause(f, at, "expired")
 
 
 def on_domain_stop(f: Facts, at: float, ev: None) -> None:
@@ -338,8 +342,10 @@ def settle(f: Facts, at: float) -> State:
 
 
 def watch(f: Facts, at: float) -> State:
-    """Settle, with the heartbeat timer fresh from ``at``."""
+    """Settle, with the heartbeat timer fresh from ``at`` and a pause that ended forgotten."""
     fresh_timer(f, at)
+    if f.pause_until is not None and f.pause_until <= at:
+        clear_pause(f, at, "expired")
     return settle(f, at)
 
 

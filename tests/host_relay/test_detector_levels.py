@@ -371,3 +371,21 @@ def test_notify_and_its_persist_come_from_one_call_in_that_order():
 
 def test_cfg_is_shared():
     assert CFG.missed_heartbeats == 3
+
+
+def test_a_pause_that_ended_while_failed_does_not_linger():
+    d = armed02(DetectorConfig(missed_heartbeats=3, cooldown=10))
+    d.message(Failure(1, "sshd", "gone"), 1)
+    d.message(Pause(20, "x"), 2)  # noted during the cooldown, over at 22 while FAILED
+    d.tick(100)
+    d.message(Recovered(5, "sshd"), 100)  # recovered: ARMED, the old pause forgotten
+    assert d.state is State.ARMED and d.record().pause_until is None
+    out = beat(d, 101, 110, make=hb02, sshd="ok")
+    assert not ignored(out) and not persists(out)
+
+
+def test_failure_frames_naming_endless_checks_keep_the_checks_bounded():
+    d = armed()
+    for i in range(1000):
+        d.message(Failure(i, f"c{i}", "x"), 1 + i * 0.001)
+    assert len(d.status(2).checks) == 32
