@@ -37,9 +37,13 @@ holds until it reconnects.
 
 The durable part (``record()``, ``DetectorRecord``) is emitted as ``Persist``
 when it changes in a way that matters (not on plain heartbeats, nor on pause
-ends moving by less than PAUSE_SLACK).  ``restored=`` brings it back: the
-relay's downtime never counts as silence (the timer starts at the restore),
-a restored cooldown, incident, storm-cap window and pause hold as they were.
+ends moving by less than PAUSE_SLACK).  What a notification decides (incident,
+cooldown, storm-cap window) is written in the same call; the rest (armed,
+interval, boot/start id, pause) too, unless it already changed within
+WRITE_EVERY - a guest churning them gets one write per WRITE_EVERY, due at
+:meth:`Detector.next_deadline`.  ``restored=`` brings it back: the relay's
+downtime never counts as silence (the timer starts at the restore), a restored
+cooldown, incident, storm-cap window and pause hold as they were.
 """
 
 from __future__ import annotations
@@ -79,6 +83,11 @@ from host_relay.detector_rules import (
 from host_relay.detector_table import TABLE
 from iim_protocol.messages import GUEST_TO_HOST, Message
 
+#: A guest that keeps changing what "may" be written (its start id, pause, armed
+#: by goodbye/hello ...) gets at most one such write per this many seconds.
+WRITE_EVERY = 10.0
+_MUST, _MAY = "must", "may"
+
 __all__ = [
     "GUEST_HANG", "MAX_REASON_CHARS", "PROCESS_FAILURE", "Detector", "DetectorConfig",
     "DetectorCounters", "DetectorRecord", "DetectorStatus", "DomainState", "Ignored", "Incident",
@@ -103,6 +112,7 @@ class Detector:
         self.config = config
         self._f = Facts(config=config, now=now, domain=domain, since=now, base=now)
         self._persisted = DetectorRecord() if restored is None else restored
+        self._persisted_at = float("-inf")
         if restored is not None:
             self._restore(restored, now)
 
@@ -118,6 +128,7 @@ class Detector:
             f.pause_until = min(r.pause_until, now + cfg.max_pause)
             f.pause_reason, f.pause_origin = r.pause_reason, r.pause_origin or "guest"
         f.state = rules.settle(f, now)  # the timer starts now: downtime is not silence
+        self._persisted = self.record()  # what differs from ``r`` is redone at every restore
 
     # ------------------------------------------------------------------ API
 
@@ -177,7 +188,11 @@ class Detector:
 
     def next_deadline(self) -> Optional[float]:
         pending = self._pending()
-        return None if pending is None else pending[0]
+        deadline = None if pending is None else pending[0]
+        if self._changed() is _MAY:  # a write held back: tick when it is due
+            due = self._persisted_at + WRITE_EVERY
+            deadline = due if deadline is None else min(deadline, due)
+        return deadline
 
     def record(self) -> DetectorRecord:
         f = self._f
@@ -233,30 +248,34 @@ class Detector:
         if inp is not None:
             self._dispatch(inp, now, msg)
         self._advance(now)
-        if self._changed():
-            self._persisted = rec = self.record()
+        change = self._changed()
+        if change is _MUST or (change is _MAY and now >= self._persisted_at + WRITE_EVERY):
+            self._persisted, self._persisted_at = self.record(), now
             f.counters.persists += 1
-            out.append(Persist(rec))
+            out.append(Persist(self._persisted))
         f.out = []
         return out
 
-    def _changed(self) -> bool:
-        """Does the durable part differ from the last Persist in a way worth a write?
+    def _changed(self) -> Optional[str]:
+        """How the durable part differs from the last Persist: _MUST, _MAY or None.
 
-        Not for last_heard (every heartbeat), nor a pause end moved by less than
-        PAUSE_SLACK (a pause level read a little later than the last one)."""
+        _MUST (written at once): the incident, the cooldown, the storm-cap window -
+        what a notification decides.  _MAY (written at once, or WRITE_EVERY after
+        the last write when the guest keeps changing it): armed, interval, boot
+        and start id, the pause.  Never for last_heard (every heartbeat) nor a
+        pause end moved by less than PAUSE_SLACK."""
         f, old = self._f, self._persisted
-        if (old.armed, old.interval, old.boot_id, old.start_id, old.incident,
-                old.cooldown_until, old.pause_reason, old.pause_origin) != (
-                f.armed, f.interval, f.boot_id, f.start_id, f.incident, f.cooldown_until,
-                f.pause_reason, f.pause_origin):
-            return True
-        if len(old.notified_at) != len(f.notified_at) or (
+        if old.incident != f.incident or old.cooldown_until != f.cooldown_until or len(
+                old.notified_at) != len(f.notified_at) or (
                 f.notified_at and old.notified_at[-1] != f.notified_at[-1]):
-            return True
+            return _MUST
+        if (old.armed, old.interval, old.boot_id, old.start_id, old.pause_reason,
+                old.pause_origin) != (f.armed, f.interval, f.boot_id, f.start_id,
+                                      f.pause_reason, f.pause_origin):
+            return _MAY
         if old.pause_until is None or f.pause_until is None:
-            return (old.pause_until is None) != (f.pause_until is None)
-        return abs(old.pause_until - f.pause_until) > PAUSE_SLACK
+            return _MAY if (old.pause_until is None) != (f.pause_until is None) else None
+        return _MAY if abs(old.pause_until - f.pause_until) > PAUSE_SLACK else None
 
     def _advance(self, now: float) -> None:
         # Each timer handler leaves its state or moves its deadline past now,
