@@ -12,7 +12,7 @@ the passing of time - into typed outputs (``detector_outputs``): ``Notify``,
 
 Every transition is one row of ``detector_table.TABLE``: (state, input) ->
 (handler, destination state or guard).  A message becomes inputs
-(``detector_rules.feed_message``); a heartbeat is the agent's whole state, so
+(``detector_inputs.feed_message``); a heartbeat is the agent's whole state, so
 it arms a detector that never saw a hello, and a check it reports failed is
 the same FAILURE input a failure frame is (the frame is the fast path), a
 check it reports ok is RECOVERED, and a pause level (0.2 agents) is PAUSE or
@@ -37,18 +37,22 @@ holds until it reconnects.
 
 The durable part (``record()``, ``DetectorRecord``) is emitted as ``Persist``
 when it changes in a way that matters (not on plain heartbeats, nor on pause
-ends moving by less than PAUSE_SLACK).  ``restored=`` brings it back: the
-relay's downtime never counts as silence (the timer starts at the restore),
-a restored cooldown, incident, storm-cap window and pause hold as they were.
+ends moving by less than PAUSE_SLACK).  What a notification decides (incident,
+cooldown, storm-cap window) is written in the same call; the rest (armed,
+interval, boot/start id, pause) too, unless it already changed within
+WRITE_EVERY - a guest churning them gets one write per WRITE_EVERY, due at
+:meth:`Detector.next_deadline`.  ``restored=`` brings it back: the relay's
+downtime never counts as silence (the timer starts at the restore), a restored
+cooldown, incident, storm-cap window and pause hold as they were.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import math
 from typing import Any, Optional
 
 from host_relay import detector_rules as rules
+from host_relay.detector_config import DetectorConfig  # re-exported: its home moved
+from host_relay.detector_inputs import Input, feed_message
 from host_relay.detector_outputs import (
     GUEST_HANG,
     PROCESS_FAILURE,
@@ -74,11 +78,15 @@ from host_relay.detector_rules import (
     PAUSE_SLACK,
     DomainState,
     Facts,
-    Input,
     State,
 )
 from host_relay.detector_table import TABLE
 from iim_protocol.messages import GUEST_TO_HOST, Message
+
+#: A guest that keeps changing what "may" be written (its start id, pause, armed
+#: by goodbye/hello ...) gets at most one such write per this many seconds.
+WRITE_EVERY = 10.0
+_MUST, _MAY = "must", "may"
 
 __all__ = [
     "GUEST_HANG", "MAX_REASON_CHARS", "PROCESS_FAILURE", "Detector", "DetectorConfig",
@@ -87,72 +95,6 @@ __all__ = [
     "Started", "State", "Suppressed", "Transitioned",
 ]
 
-
-
-def _check_number(name: str, value: Any, lo: float, hi: float, why: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{name} must be a number, not {type(value).__name__}")
-    if math.isnan(value) or not lo <= value <= hi:
-        raise ValueError(f"{name}={value!r} must be within [{lo}, {hi}]: {why}")
-
-
-@dataclasses.dataclass(frozen=True)
-class DetectorConfig:
-    """Limits of one detector.  Validated here, each limit with its reason."""
-
-    missed_heartbeats: int = 10  # hang = this many intervals without a heartbeat
-    min_interval: float = 0.5  # clamp for the guest's hello heartbeat_interval
-    max_interval: float = 10.0
-    min_uptime: float = 10.0  # no hang detection until this long after hello
-    max_pause: float = 3600.0  # a guest pause is clamped to this
-    cooldown: float = 300.0  # after notifying, no further notification for this long
-    max_notifications: int = 3  # restart-storm cap per instance ...
-    notification_window: float = 3600.0  # ... per sliding window of this many seconds
-    late_tolerance: float = 2.0  # a hang deadline seen later than this: the relay stalled
-
-    def __post_init__(self) -> None:
-        if isinstance(self.missed_heartbeats, bool) or not isinstance(self.missed_heartbeats, int):
-            raise ValueError("missed_heartbeats must be an integer")
-        if not 1 <= self.missed_heartbeats <= 100:
-            raise ValueError(
-                "missed_heartbeats must be within [1, 100]: 0 would call every guest hung, "
-                "more than 100 intervals makes hang detection useless"
-            )
-        _check_number(
-            "min_interval", self.min_interval, 0.1, 60.0,
-            "the guest cannot send faster than 10 Hz nor slower than a minute (protocol limits)",
-        )
-        _check_number(
-            "max_interval", self.max_interval, self.min_interval, 60.0,
-            "it must not be below min_interval, and the protocol caps intervals at a minute",
-        )
-        _check_number(
-            "min_uptime", self.min_uptime, 0.0, 3600.0,
-            "a boot that needs more than an hour hides hangs for too long",
-        )
-        _check_number(
-            "max_pause", self.max_pause, 0.0, 7 * 24 * 3600.0,
-            "the protocol caps pauses at a week",
-        )
-        _check_number(
-            "cooldown", self.cooldown, 0.0, 24 * 3600.0,
-            "a cooldown longer than a day leaves a recovered instance unwatched",
-        )
-        if isinstance(self.max_notifications, bool) or not isinstance(self.max_notifications, int):
-            raise ValueError("max_notifications must be an integer")
-        if not 1 <= self.max_notifications <= 1000:
-            raise ValueError(
-                "max_notifications must be within [1, 1000]: 0 would silently disable "
-                "recovery (stop the relay instead)"
-            )
-        _check_number(
-            "notification_window", self.notification_window, 1.0, 30 * 24 * 3600.0,
-            "the window must be positive, and the relay keeps at most a month of history",
-        )
-        _check_number(
-            "late_tolerance", self.late_tolerance, 0.0, 3600.0,
-            "it must not be negative",
-        )
 
 
 class Detector:
@@ -170,6 +112,7 @@ class Detector:
         self.config = config
         self._f = Facts(config=config, now=now, domain=domain, since=now, base=now)
         self._persisted = DetectorRecord() if restored is None else restored
+        self._persisted_at = float("-inf")
         if restored is not None:
             self._restore(restored, now)
 
@@ -185,6 +128,7 @@ class Detector:
             f.pause_until = min(r.pause_until, now + cfg.max_pause)
             f.pause_reason, f.pause_origin = r.pause_reason, r.pause_origin or "guest"
         f.state = rules.settle(f, now)  # the timer starts now: downtime is not silence
+        self._persisted = self.record()  # what differs from ``r`` is redone at every restore
 
     # ------------------------------------------------------------------ API
 
@@ -219,7 +163,7 @@ class Detector:
             if not isinstance(msg, Message) or msg.TYPE not in GUEST_TO_HOST:
                 rules.ignore(f, "message", "unknown_type", f.now)
                 return
-            rules.feed_message(f, msg, lambda inp, ev: self._dispatch(inp, f.now, ev))
+            feed_message(f, msg, lambda inp, ev: self._dispatch(inp, f.now, ev))
 
         return self._run(now, None, None, fact)
 
@@ -244,7 +188,11 @@ class Detector:
 
     def next_deadline(self) -> Optional[float]:
         pending = self._pending()
-        return None if pending is None else pending[0]
+        deadline = None if pending is None else pending[0]
+        if self._changed() is _MAY:  # a write held back: tick when it is due
+            due = self._persisted_at + WRITE_EVERY
+            deadline = due if deadline is None else min(deadline, due)
+        return deadline
 
     def record(self) -> DetectorRecord:
         f = self._f
@@ -300,13 +248,34 @@ class Detector:
         if inp is not None:
             self._dispatch(inp, now, msg)
         self._advance(now)
-        rec = self.record()
-        if _matters(self._persisted, rec):
-            self._persisted = rec
+        change = self._changed()
+        if change is _MUST or (change is _MAY and now >= self._persisted_at + WRITE_EVERY):
+            self._persisted, self._persisted_at = self.record(), now
             f.counters.persists += 1
-            out.append(Persist(rec))
+            out.append(Persist(self._persisted))
         f.out = []
         return out
+
+    def _changed(self) -> Optional[str]:
+        """How the durable part differs from the last Persist: _MUST, _MAY or None.
+
+        _MUST (written at once): the incident, the cooldown, the storm-cap window -
+        what a notification decides.  _MAY (written at once, or WRITE_EVERY after
+        the last write when the guest keeps changing it): armed, interval, boot
+        and start id, the pause.  Never for last_heard (every heartbeat) nor a
+        pause end moved by less than PAUSE_SLACK."""
+        f, old = self._f, self._persisted
+        if old.incident != f.incident or old.cooldown_until != f.cooldown_until or len(
+                old.notified_at) != len(f.notified_at) or (
+                f.notified_at and old.notified_at[-1] != f.notified_at[-1]):
+            return _MUST
+        if (old.armed, old.interval, old.boot_id, old.start_id, old.pause_reason,
+                old.pause_origin) != (f.armed, f.interval, f.boot_id, f.start_id,
+                                      f.pause_reason, f.pause_origin):
+            return _MAY
+        if old.pause_until is None or f.pause_until is None:
+            return _MAY if (old.pause_until is None) != (f.pause_until is None) else None
+        return _MAY if abs(old.pause_until - f.pause_until) > PAUSE_SLACK else None
 
     def _advance(self, now: float) -> None:
         # Each timer handler leaves its state or moves its deadline past now,
@@ -369,13 +338,3 @@ class Detector:
         if to is not None:
             rules.enter(f, to if isinstance(to, State) else to(f, at), inp.value, at)
         return True
-
-
-def _matters(old: DetectorRecord, new: DetectorRecord) -> bool:
-    """Does ``new`` differ from the stored ``old`` in a way worth a write?"""
-    if (old.pause_until is None) != (new.pause_until is None):
-        return True
-    if old.pause_until is not None and abs(old.pause_until - new.pause_until) > PAUSE_SLACK:
-        return True
-    keep = dict(last_heard=None, pause_until=None)
-    return dataclasses.replace(old, **keep) != dataclasses.replace(new, **keep)

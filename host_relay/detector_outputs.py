@@ -128,7 +128,10 @@ Output = Union[
 
 @dataclasses.dataclass
 class DetectorCounters:
-    """What one detector did since it was created; the shell sums them for /metrics."""
+    """What one detector did since it was created; the shell sums them for /metrics.
+
+    Keys: notified by kind, suppressed by why, ignored by "what:reason",
+    clamped by "interval"/"pause"."""
 
     notified: collections.Counter = dataclasses.field(default_factory=collections.Counter)
     suppressed: collections.Counter = dataclasses.field(default_factory=collections.Counter)

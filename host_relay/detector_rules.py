@@ -1,11 +1,9 @@
 """The failure detector's states, inputs, facts, handlers and guards.
 
 ``detector_table.TABLE`` names, for each (state, input), a handler from this
-module (it changes the facts) and the destination: a :class:`State`, or a
-guard from this module that picks it from the facts.  :func:`feed_message`
-turns one guest message into the table's inputs: a heartbeat is the whole
-state of the agent, so it becomes the same inputs that a hello, a pause or
-resume, a recovered and a failure frame would be.  Theory of operation:
+module (it changes the :class:`Facts`) and the destination: a :class:`State`,
+or a guard from this module that picks it from the facts.  The inputs and
+what a message becomes are in ``detector_inputs``.  Theory of operation:
 ``host_relay/detector.py``.
 """
 
@@ -15,7 +13,7 @@ import collections
 import dataclasses
 import enum
 import math
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from host_relay.detector_outputs import (
     GUEST_HANG,
@@ -31,7 +29,10 @@ from host_relay.detector_outputs import (
     Transitioned,
 )
 from host_relay.detector_record import Incident
-from iim_protocol.messages import Failure, Goodbye, Heartbeat, Hello, Pause, Recovered, Resume
+from iim_protocol.messages import MAX_CHECKS, Goodbye
+
+if TYPE_CHECKING:
+    from host_relay.detector_inputs import CheckEvent, Contact, PauseEvent
 
 #: Longest reason put into a notification or output (characters).
 MAX_REASON_CHARS = 255
@@ -63,54 +64,6 @@ class DomainState(enum.Enum):
 
 DOMAIN_RUNS = frozenset({DomainState.RUNNING, DomainState.UNKNOWN})
 DOMAIN_HELD = frozenset({DomainState.PAUSED, DomainState.MIGRATING})
-
-
-class Input(enum.Enum):
-    START = "start"  # hello/heartbeat naming a new boot id or start id (or the first one)
-    HELLO = "hello"  # a hello from the agent already known: periodic or after a reconnect
-    HEARTBEAT = "heartbeat"
-    FAILURE = "failure"  # failure frame, or a check a heartbeat reports failed
-    RECOVERED = "recovered"  # recovered frame, or the open incident's check reported ok
-    GOODBYE = "goodbye"
-    PAUSE = "pause"  # pause frame, or a heartbeat/hello carrying a pause
-    RESUME = "resume"  # resume frame, or a pause level of nil while paused
-    CONNECTED = "channel_connected"
-    CLOSED = "channel_closed"
-    DOMAIN_UP = "domain_running"  # RUNNING/UNKNOWN after any other domain state
-    DOMAIN_HOLD = "domain_held"  # PAUSED or MIGRATING
-    DOMAIN_STOP = "domain_stopped"  # SHUTDOWN, SHUTOFF, CRASHED: this incarnation is over
-    LAST_INTERVAL = "last_interval"  # timers, fed at their deadline
-    HANG_DEADLINE = "hang_deadline"
-    PAUSE_EXPIRED = "pause_expired"
-    COOLDOWN_EXPIRED = "cooldown_expired"
-
-
-@dataclasses.dataclass(frozen=True)
-class Contact:
-    """What a hello or heartbeat says about the agent; absent fields are None/""."""
-
-    interval: Optional[float]
-    boot_id: str
-    start_id: str
-    agent_version: Optional[str]
-    pause_known: bool
-    seq: Optional[int] = None
-    checks: tuple[tuple[str, str], ...] = ()
-
-
-@dataclasses.dataclass(frozen=True)
-class CheckEvent:
-    check: str
-    reason: str
-    source: str  # "frame" | "heartbeat"
-    fresh: bool  # a frame, or a check not failed in the previous heartbeat
-
-
-@dataclasses.dataclass(frozen=True)
-class PauseEvent:
-    duration: Optional[float]  # None: resume
-    reason: str
-    source: str  # "frame" | "heartbeat" | "hello"
 
 
 @dataclasses.dataclass
@@ -158,69 +111,6 @@ def clean(text: str, limit: int = MAX_REASON_CHARS) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-# ------------------------------------------------------------ message -> inputs
-
-
-def contact_of(msg: Hello | Heartbeat) -> Contact:
-    if isinstance(msg, Hello):
-        return Contact(msg.heartbeat_interval, msg.boot_id, msg.start_id, msg.agent_version,
-                       msg.pause_known)
-    return Contact(msg.interval, msg.boot_id, msg.start_id, None, msg.pause_known, msg.seq,
-                   msg.checks)
-
-
-def is_start(f: Facts, c: Contact) -> bool:
-    """A new boot id or start id is a start; a 0.1.0 heartbeat (no boot id) never is."""
-    return bool(c.boot_id) and (c.boot_id, c.start_id) != (f.boot_id, f.start_id)
-
-
-def feed_message(f: Facts, msg: Any, dispatch: Callable[[Input, Any], bool]) -> None:
-    """Dispatch the inputs one message means, in order; stop when the first is ignored."""
-    if isinstance(msg, Hello):
-        c = contact_of(msg)
-        if dispatch(Input.START if is_start(f, c) else Input.HELLO, c):
-            _pause_level(f, msg, "hello", dispatch)
-    elif isinstance(msg, Heartbeat):
-        c = contact_of(msg)
-        if is_start(f, c) and c.interval is not None:  # its hello was lost
-            dispatch(Input.START, c)
-        before = f.checks
-        if not dispatch(Input.HEARTBEAT, c):
-            return
-        _pause_level(f, msg, "heartbeat", dispatch)
-        inc = f.incident
-        if inc is not None and inc.kind == PROCESS_FAILURE and f.checks.get(inc.check) == "ok":
-            dispatch(Input.RECOVERED, CheckEvent(inc.check, "", "heartbeat", True))
-        for name, st in c.checks:
-            if st == "failed":
-                reason = f"check {clean(name, 64)} reported failed by a heartbeat"
-                fresh = before.get(name) != "failed"
-                dispatch(Input.FAILURE, CheckEvent(name, reason, "heartbeat", fresh))
-    elif isinstance(msg, Failure):
-        reason = f"check {clean(msg.check, 64)} failed: {clean(msg.reason)}"
-        dispatch(Input.FAILURE, CheckEvent(msg.check, reason, "frame", True))
-    elif isinstance(msg, Recovered):
-        dispatch(Input.RECOVERED, CheckEvent(msg.check, "", "frame", True))
-    elif isinstance(msg, Goodbye):
-        dispatch(Input.GOODBYE, msg)
-    elif isinstance(msg, Pause):
-        dispatch(Input.PAUSE, PauseEvent(msg.duration, msg.reason, "frame"))
-    elif isinstance(msg, Resume):
-        dispatch(Input.RESUME, PauseEvent(None, "", "frame"))
-
-
-def _pause_level(f: Facts, msg: Any, source: str, dispatch) -> None:
-    """A pause level, when the message has one (0.1.0 agents: absent, edges only)."""
-    if not msg.pause_known:
-        return
-    pause = msg.pause
-    if pause is None:
-        if f.pause_until is not None:
-            dispatch(Input.RESUME, PauseEvent(None, "", source))
-    else:
-        dispatch(Input.PAUSE, PauseEvent(pause.remaining, pause.reason, source))
-
-
 # ------------------------------------------------------------ fact helpers
 
 
@@ -229,7 +119,7 @@ def emit(f: Facts, out: Any) -> None:
 
 
 def ignore(f: Facts, what: str, reason: str, at: float) -> None:
-    f.counters.ignored[(what, reason)] += 1
+    f.counters.ignored[f"{what}:{reason}"] += 1
     emit(f, Ignored(what, reason, at))
 
 
@@ -254,6 +144,12 @@ def heard(f: Facts, at: float, seq: Optional[int] = None) -> None:
     fresh_timer(f, at)
     if f.incident is not None and f.incident.kind == GUEST_HANG:
         close_incident(f, "the guest speaks again", at)
+
+
+def note_check(f: Facts, name: str, state: str) -> None:
+    """A frame's word on one check; at most MAX_CHECKS names, whatever the guest sends."""
+    if name in f.checks or len(f.checks) < MAX_CHECKS:
+        f.checks[name] = state
 
 
 def close_incident(f: Facts, why: str, at: float) -> None:
@@ -369,18 +265,18 @@ def on_heartbeat(f: Facts, at: float, c: Contact) -> None:
 
 
 def on_failure(f: Facts, at: float, ev: CheckEvent) -> None:
-    f.checks[ev.check] = "failed"
+    note_check(f, ev.check, "failed")
     notify(f, PROCESS_FAILURE, ev.check, ev.reason, at, ev.fresh)
 
 
 def on_suppressed_failure(f: Facts, at: float, ev: CheckEvent) -> None:
-    f.checks[ev.check] = "failed"
+    note_check(f, ev.check, "failed")
     why = {State.PAUSED: "paused", State.COOLDOWN: "cooldown"}.get(f.state, "open_incident")
     suppress(f, PROCESS_FAILURE, ev.check, why, clean(ev.reason), at, ev.fresh)
 
 
 def on_recovered(f: Facts, at: float, ev: CheckEvent) -> None:
-    f.checks[ev.check] = "ok"
+    note_check(f, ev.check, "ok")
     inc = f.incident
     if inc is not None and inc.kind == PROCESS_FAILURE and inc.check == ev.check:
         close_incident(f, f"check {clean(ev.check, 64)} recovered ({ev.source})", at)
@@ -406,8 +302,6 @@ def on_pause_expired(f: Facts, at: float, ev: None) -> None:
 
 def on_cooldown_expired(f: Facts, at: float, ev: None) -> None:
     f.cooldown_until = None
-    if f.pause_until is not None and f.pause_until <= at:
-        clear_pause(f, at, "expired")
 
 
 def on_domain_stop(f: Facts, at: float, ev: None) -> None:
@@ -448,8 +342,10 @@ def settle(f: Facts, at: float) -> State:
 
 
 def watch(f: Facts, at: float) -> State:
-    """Settle, with the heartbeat timer fresh from ``at``."""
+    """Settle, with the heartbeat timer fresh from ``at`` and a pause that ended forgotten."""
     fresh_timer(f, at)
+    if f.pause_until is not None and f.pause_until <= at:
+        clear_pause(f, at, "expired")
     return settle(f, at)
 
 

@@ -6,20 +6,20 @@ from ``detector_rules``, or None) changes the facts; the destination is a
 (stay).  A pair that is not in the table is an input that means nothing in
 that state: the detector ignores it (``Ignored(what, "in_<state>")``).
 
-The guards: ``settle`` (the state the facts call for: cooldown, goodbye, open
-incident, not armed, pause, else armed), ``watch`` (settle with the heartbeat
-timer fresh) and ``after_notify`` (COOLDOWN, FAILED when storm-capped, else
-stay).
+The guards: ``watch`` (the state the facts call for - cooldown, goodbye, open
+incident, not armed, pause, else armed - with the heartbeat timer fresh; the
+restore uses the same ``settle`` without the timer) and ``after_notify``
+(COOLDOWN, FAILED when storm-capped, else stay).
 """
 
 from __future__ import annotations
 
 from typing import Optional, Union
 
+from host_relay.detector_inputs import Input
 from host_relay.detector_rules import (
     Guard,
     Handler,
-    Input,
     State,
     after_notify,
     fresh_timer,
@@ -36,7 +36,6 @@ from host_relay.detector_rules import (
     on_resume,
     on_start,
     on_suppressed_failure,
-    settle,
     watch,
 )
 
@@ -125,8 +124,8 @@ TABLE: dict[tuple[State, Input], Row] = {
     (S.COOLDOWN, I.COOLDOWN_EXPIRED): (on_cooldown_expired, watch),
     # --- FAILED: an incident is open and nobody recovers it ------------------------
     (S.FAILED, I.START):             (on_start, watch),
-    (S.FAILED, I.HELLO):             (on_hello, settle),        # ends a hang incident
-    (S.FAILED, I.HEARTBEAT):         (on_heartbeat, settle),    # ends a hang incident
+    (S.FAILED, I.HELLO):             (on_hello, watch),         # ends a hang incident
+    (S.FAILED, I.HEARTBEAT):         (on_heartbeat, watch),     # ends a hang incident
     (S.FAILED, I.FAILURE):           (on_suppressed_failure, None),
     (S.FAILED, I.RECOVERED):         (on_recovered, watch),     # ends a process_failure incident
     (S.FAILED, I.GOODBYE):           (on_goodbye, S.DEPARTED),

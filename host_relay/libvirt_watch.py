@@ -35,10 +35,12 @@ import contextlib
 import dataclasses
 import logging
 import os
+import random
 import time
 from typing import Any, Callable, Optional
 
 from host_relay import domains, socket_dir
+from host_relay.backoff import Backoff, BackoffPolicy
 from host_relay.detector import DomainState
 from host_relay.domains import DomainInfo, OptIn
 from host_relay.settings import LibvirtSettings
@@ -120,11 +122,13 @@ class DomainWatcher:
     """The relay's libvirt part; ``sink`` is the Relay (domain_state/add_channel/remove_channel)."""
 
     def __init__(self, settings: LibvirtSettings, socket_dir: str, sink: Any,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 rng: Callable[[], float] = random.random) -> None:
         self.settings = settings
         self.socket_dir = socket_dir
         self.sink = sink
         self._clock = clock
+        self._rng = rng  # reconnect jitter
         self._opt_in = OptIn.from_settings(settings)
         self.domains: dict[str, _Domain] = {}
         self.connected = False
@@ -151,25 +155,26 @@ class DomainWatcher:
             await loop.create_future()  # nothing to do until the relay stops
         register_event_impl(loop)
         s = self.settings
-        backoff = s.reconnect_initial
+        backoff = Backoff(BackoffPolicy(s.reconnect_initial, s.reconnect_max, stable_after=_STABLE),
+                          rng=self._rng)
         while True:
-            started = self._clock()
+            backoff.started(self._clock())
+            error = None
             try:
                 await self._session(libvirt, loop)
                 self.last_error = "libvirtd closed the connection"
             except libvirt.libvirtError as exc:
-                err = f"{s.connection_uri}: {exc.get_error_message() or exc}"
-                if err != self.last_error:
-                    LOG.error("libvirt: %s; retrying in %.1fs", err, backoff)
-                self.last_error = err
+                error = f"{s.connection_uri}: {exc.get_error_message() or exc}"
             finally:
                 self.connected = False
-            if self._clock() - started >= _STABLE:
-                backoff = s.reconnect_initial
-            self.next_retry_at = self._clock() + backoff
-            await asyncio.sleep(backoff)
+            delay = backoff.failed(self._clock())
+            if error is not None:
+                if error != self.last_error:
+                    LOG.error("libvirt: %s; retrying in %.1fs", error, delay)
+                self.last_error = error
+            self.next_retry_at = self._clock() + delay
+            await asyncio.sleep(delay)
             self.next_retry_at = None
-            backoff = min(backoff * 2, s.reconnect_max)
 
     async def _session(self, libvirt: Any, loop: asyncio.AbstractEventLoop) -> None:
         conn = self._call("open", libvirt.open, self.settings.connection_uri)

@@ -41,6 +41,7 @@ from prometheus_client import CollectorRegistry, Histogram, ProcessCollector, st
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 import iim_protocol
+from host_relay.backoff import Backoff, BackoffPolicy, retry
 from host_relay.channel import STATE_CONNECTED
 from host_relay.detector import State
 
@@ -48,9 +49,9 @@ LOG = logging.getLogger(__name__)
 
 # The loop answers a reading in milliseconds; one that takes this long is stalled.
 READ_TIMEOUT = 5.0
-# A port in use (another relay, a leftover process) is retried this often, at most.
-BIND_RETRY_INITIAL = 1.0
-BIND_RETRY_MAX = 60.0
+# A port in use (another relay, a leftover process) is retried after 1 s, then less
+# and less often, at least once a minute.
+BIND_RETRY = BackoffPolicy(initial=1.0, maximum=60.0, stable_after=None)
 
 # Queue to Masakari's 202: a round trip is well under a second; retries during an
 # API outage stretch it to minutes or hours, and those are what operators look for.
@@ -342,22 +343,19 @@ class RelayMetrics:
         """
         collector = RelayCollector(relay, asyncio.get_running_loop(), self.queued)
         self.registry.register(collector)
-        delay = BIND_RETRY_INITIAL
         try:
-            while True:
-                try:
-                    self._server, self._thread = await self._start_server()
-                    break
-                except OSError as exc:
-                    LOG.error("Cannot serve metrics on %s: %s; free the port or change "
-                              "[metrics] listen (retrying in %.0fs)", self.url, exc, delay)
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, BIND_RETRY_MAX)
+            self._server, self._thread = await retry(
+                self._start_server, Backoff(BIND_RETRY), retry_on=(OSError,),
+                on_retry=self._cannot_bind)
             LOG.info("Serving Prometheus metrics on %s", self.url)
             await asyncio.Event().wait()  # until cancelled
         finally:
             self.registry.unregister(collector)
             await self._stop_server()
+
+    def _cannot_bind(self, exc: BaseException, delay: float) -> None:
+        LOG.error("Cannot serve metrics on %s: %s; free the port or change "
+                  "[metrics] listen (retrying in %.0fs)", self.url, exc, delay)
 
     async def _start_server(self) -> tuple[Any, threading.Thread]:
         host, port = self.address

@@ -1,86 +1,93 @@
-"""The relay's settings as plain values.
+"""The relay's settings as plain values, built from the oslo options.
 
-Entry points read oslo.config once and build a :class:`RelaySettings`; every
-constructor below takes values from it, so nothing deep in the relay reads the
-global ``CONF``.  Bounds are enforced by the oslo options (``min=``/``max=``);
-this dataclass only groups the values.
+Entry points read oslo.config once and build a :class:`RelaySettings`
+(``host_relay.conf.settings_from``); every constructor below takes values
+from it, so nothing deep in the relay reads the global ``CONF``.
+
+Each field declared with ``opt_field`` is the option of the same name in the
+class's ``OPTION_GROUP``: its default and its bounds (``min``/``max``,
+``choices``) are the option's, written once in ``host_relay/conf/`` and
+checked here too, so settings built by hand (tests, tools) obey the same
+limits as a configuration file.  ``ORDERED`` names the pairs of fields where
+the first must not exceed the second; the loader reports those with file and
+line from the same list.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import os
 import re
-from typing import Optional
+from typing import ClassVar, Optional
 
-OPT_IN_CHOICES = ("all", "match", "list")  # [libvirt] opt_in
-_UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+from host_relay.conf import bounds
+from host_relay.conf.channels import channels_opts
+from host_relay.conf.default import default_opts
+from host_relay.conf.libvirt import libvirt_opts
+from host_relay.conf.masakari import masakari_opts
+from host_relay.conf.metrics import metrics_opts, parse_listen
 
-# A DNS name: dot-separated labels of letters, digits and inner hyphens (RFC 1123).
-_HOSTNAME = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?")
-_LISTEN_EXAMPLE = "127.0.0.1:9105, [::1]:9105 or 0.0.0.0:9105"
+__all__ = [
+    "BUILT_FROM_OPTIONS",
+    "ChannelSettings",
+    "DeliverySettings",
+    "LibvirtSettings",
+    "MetricsSettings",
+    "RelaySettings",
+    "UUID_RE",
+    "parse_listen",
+]
 
+UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
-def parse_listen(value: str) -> Optional[tuple[str, int]]:
-    """``host:port`` -> (host, port); an empty value -> None (nothing listens).
-
-    The host is required (an IPv4 address, a bracketed IPv6 address or a host
-    name): a metrics endpoint is bound only where the operator says.  Raises
-    ValueError saying what is wrong and what is expected.
-    """
-    text = value.strip()
-    if not text:
-        return None
-    host, sep, port_text = text.rpartition(":")
-    if not sep or not host:
-        raise ValueError(f"{value!r} is not host:port: give an address and a port, "
-                         f"e.g. {_LISTEN_EXAMPLE}")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-        try:
-            ipaddress.IPv6Address(host)
-        except ValueError:
-            raise ValueError(f"[{host}] is not an IPv6 address: e.g. [::1]:9105") from None
-    elif ":" in host or "[" in host or "]" in host:
-        raise ValueError(f"{value!r}: write an IPv6 address in brackets, e.g. [::1]:9105")
-    elif host.replace(".", "").isdigit():
-        try:
-            ipaddress.IPv4Address(host)
-        except ValueError:
-            raise ValueError(f"{host} is not an IPv4 address: e.g. {_LISTEN_EXAMPLE}") from None
-    elif len(host) > 253 or not _HOSTNAME.fullmatch(host):
-        raise ValueError(f"{host!r} is not an IP address or host name: e.g. {_LISTEN_EXAMPLE}")
-    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
-        raise ValueError(f"port {port_text!r} must be a number between 1 and 65535: "
-                         f"e.g. {_LISTEN_EXAMPLE}")
-    return host, int(port_text)
+Pairs = tuple[tuple[str, str], ...]
 
 
 @dataclasses.dataclass(frozen=True)
 class ChannelSettings:
-    socket_dir: str = "/var/lib/iim/channels"
-    reconnect_initial: float = 0.5  # first retry after a refused/closed socket
-    reconnect_max: float = 30.0  # backoff cap
-    read_chunk: int = 4096  # bytes per read() call
-    max_bytes_per_second: int = 65536  # per channel; excess is dropped unread and counted
-    max_frames_per_second: int = 200  # per channel; excess frames are counted and ignored
+    """[channels]: how each guest channel is read (see the options for meanings)."""
+
+    OPTION_GROUP: ClassVar[str] = "channels"
+    ORDERED: ClassVar[Pairs] = (("reconnect_initial", "reconnect_max"),)
+
+    socket_dir: str = bounds.opt_field(channels_opts, "socket_dir")
+    reconnect_initial: float = bounds.opt_field(channels_opts, "reconnect_initial")
+    reconnect_max: float = bounds.opt_field(channels_opts, "reconnect_max")
+    read_chunk: int = bounds.opt_field(channels_opts, "read_chunk")
+    max_bytes_per_second: int = bounds.opt_field(channels_opts, "max_bytes_per_second")
+    max_frames_per_second: int = bounds.opt_field(channels_opts, "max_frames_per_second")
+
+    def __post_init__(self) -> None:
+        bounds.check(self)
 
 
 @dataclasses.dataclass(frozen=True)
 class DeliverySettings:
-    backoff_initial: float = 1.0
-    backoff_max: float = 60.0
-    jitter: float = 0.2
-    request_timeout: float = 10.0
+    """[masakari]: iim's own delivery options (keystoneauth's are read by the client)."""
+
+    OPTION_GROUP: ClassVar[str] = "masakari"
+    ORDERED: ClassVar[Pairs] = (("backoff_initial", "backoff_max"),)
+
+    backoff_initial: float = bounds.opt_field(masakari_opts, "backoff_initial")
+    backoff_max: float = bounds.opt_field(masakari_opts, "backoff_max")
+    jitter: float = bounds.opt_field(masakari_opts, "jitter")
+    request_timeout: float = bounds.opt_field(masakari_opts, "request_timeout")
+
+    def __post_init__(self) -> None:
+        bounds.check(self)
 
 
 @dataclasses.dataclass(frozen=True)
 class MetricsSettings:
-    listen: str = ""  # host:port for the Prometheus endpoint; empty: off
+    """[metrics]: ``listen`` is host:port for the Prometheus endpoint; empty: off."""
+
+    OPTION_GROUP: ClassVar[str] = "metrics"
+
+    listen: str = bounds.opt_field(metrics_opts, "listen")
 
     def __post_init__(self) -> None:
-        parse_listen(self.listen)  # raises ValueError when malformed
+        bounds.check(self)
+        parse_listen(self.listen)  # the option's own check; raises ValueError when malformed
 
     @property
     def address(self) -> Optional[tuple[str, int]]:
@@ -96,46 +103,49 @@ class LibvirtSettings:
     is the oslo option's, which ``settings_from`` always passes in.
     """
 
-    connection_uri: str = ""
-    opt_in: str = "all"  # all | match | list
-    match_name: str = ""  # regex searched in the domain name
-    match_metadata: str = ""  # regex searched in "<nova project>/<nova name>"
-    instance_uuids: tuple[str, ...] = ()
-    serial_fallback: bool = True
-    serial_port: int = 1  # the guest's /dev/ttyS1; Nova allows ports 0-3
-    socket_owner: str = ""  # "" = libvirt-qemu or qemu, whichever exists
-    socket_group: str = ""  # "" = the owner's primary group
-    reconnect_initial: float = 1.0
-    reconnect_max: float = 60.0
+    OPTION_GROUP: ClassVar[str] = "libvirt"
+    ORDERED: ClassVar[Pairs] = (("reconnect_initial", "reconnect_max"),)
+
+    connection_uri: str = bounds.opt_field(libvirt_opts, "connection_uri", default="")
+    opt_in: str = bounds.opt_field(libvirt_opts, "opt_in")  # all | match | list
+    match_name: str = bounds.opt_field(libvirt_opts, "match_name")
+    match_metadata: str = bounds.opt_field(libvirt_opts, "match_metadata")
+    instance_uuids: tuple[str, ...] = bounds.opt_field(libvirt_opts, "instance_uuids")
+    serial_fallback: bool = bounds.opt_field(libvirt_opts, "serial_fallback")
+    serial_port: int = bounds.opt_field(libvirt_opts, "serial_port")
+    socket_owner: str = bounds.opt_field(libvirt_opts, "socket_owner")
+    socket_group: str = bounds.opt_field(libvirt_opts, "socket_group")
+    reconnect_initial: float = bounds.opt_field(libvirt_opts, "reconnect_initial")
+    reconnect_max: float = bounds.opt_field(libvirt_opts, "reconnect_max")
 
     def __post_init__(self) -> None:
-        if self.opt_in not in OPT_IN_CHOICES:
-            raise ValueError(f"opt_in must be one of {', '.join(OPT_IN_CHOICES)}")
+        object.__setattr__(self, "connection_uri", self.connection_uri.strip())
+        object.__setattr__(self, "instance_uuids",
+                           tuple(u.strip().lower() for u in self.instance_uuids))
+        bounds.check(self)
         for name in ("match_name", "match_metadata"):
             try:
                 re.compile(getattr(self, name))
             except re.error as exc:
                 raise ValueError(f"{name} is not a regular expression: {exc}") from None
-        object.__setattr__(self, "instance_uuids",
-                           tuple(u.strip().lower() for u in self.instance_uuids))
-        bad = [u for u in self.instance_uuids if not _UUID_RE.match(u)]
+        bad = [u for u in self.instance_uuids if not UUID_RE.match(u)]
         if bad:
             raise ValueError(f"instance_uuids: not a UUID: {', '.join(bad)}")
-        if not 0 <= self.serial_port <= 3:
-            raise ValueError("serial_port must be within [0, 3]: Nova allows 4 serial ports")
-        if not 0 < self.reconnect_initial <= self.reconnect_max:
-            raise ValueError("reconnect_initial must be positive and at most reconnect_max")
 
     @property
     def enabled(self) -> bool:
-        return bool(self.connection_uri.strip())
+        return bool(self.connection_uri)
 
 
 @dataclasses.dataclass(frozen=True)
 class RelaySettings:
+    """[DEFAULT] and every group's settings; ``host`` has no default (the option's is this host)."""
+
+    OPTION_GROUP: ClassVar[str] = "DEFAULT"
+
     host: str
-    state_path: str = "/var/lib/iim"
-    shutdown_grace: float = 5.0
+    state_path: str = bounds.opt_field(default_opts, "state_path")
+    shutdown_grace: float = bounds.opt_field(default_opts, "shutdown_grace")
     channels: ChannelSettings = dataclasses.field(default_factory=ChannelSettings)
     delivery: DeliverySettings = dataclasses.field(default_factory=DeliverySettings)
     libvirt: LibvirtSettings = dataclasses.field(default_factory=LibvirtSettings)
@@ -144,6 +154,9 @@ class RelaySettings:
     # logged then, and kept for `iim-relay status` so they are not forgotten.
     config_warnings: tuple[str, ...] = ()
 
+    def __post_init__(self) -> None:
+        bounds.check(self)
+
     @property
     def outbox_path(self) -> str:
         return os.path.join(self.state_path, "outbox.sqlite")
@@ -151,3 +164,8 @@ class RelaySettings:
     @property
     def control_socket(self) -> str:
         return os.path.join(self.state_path, "control.sock")
+
+
+# Every settings class built from options, in the order the loader reports problems.
+BUILT_FROM_OPTIONS = (RelaySettings, ChannelSettings, DeliverySettings, MetricsSettings,
+                      LibvirtSettings)

@@ -6,20 +6,51 @@ Only the entry points read options; everything else takes the plain values
 of :func:`settings_from` and :func:`detector_config_from`.
 """
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from oslo_config import cfg
 
 from host_relay.conf import channels, default, detector, libvirt, masakari, metrics
-from host_relay.conf.loader import (
-    ConfigError,
-    check,
-    config_warnings,
-    detector_config_from,
-    load,
-    new_conf,
-    register_all,
-    settings_from,
-    setup_logging,
-)
+
+if TYPE_CHECKING:
+    from host_relay.conf.loader import (
+        ConfigError,
+        check,
+        config_warnings,
+        detector_config_from,
+        load,
+        new_conf,
+        register_all,
+        settings_from,
+        setup_logging,
+    )
+
+# The loader's functions are imported on first use, not with this package: the
+# dataclasses they build (host_relay.settings, host_relay.detector_config) read
+# their bounds from the option modules of this package, which would otherwise
+# be a circular import.
+_LOADER_NAMES = frozenset({
+    "ConfigError",
+    "check",
+    "config_warnings",
+    "detector_config_from",
+    "load",
+    "new_conf",
+    "register_all",
+    "settings_from",
+    "setup_logging",
+})
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LOADER_NAMES or name == "loader":
+        # import_module, not "from host_relay.conf import loader": that would ask
+        # this very function for "loader" again before importing it.
+        loader = importlib.import_module("host_relay.conf.loader")
+        return loader if name == "loader" else getattr(loader, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 CONF = cfg.CONF
 

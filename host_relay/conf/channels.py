@@ -44,7 +44,7 @@ yet.
     cfg.FloatOpt(
         "reconnect_max",
         default=30.0,
-        min=1.0,
+        min=0.05,  # its real floor is reconnect_initial, which the loader checks
         max=600.0,
         help="""
 Upper bound, in seconds, on the reconnect delay for one channel. Lower

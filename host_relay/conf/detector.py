@@ -1,7 +1,7 @@
 """[detector] options: when a silent or failing guest becomes a notification.
 
-The values end up in ``host_relay.detector.DetectorConfig`` (see
-``host_relay.conf.loader.detector_config_from``).  The heartbeat bounds are
+These options are the one source of ``host_relay.detector_config.DetectorConfig``:
+one field per option, with the option's default and bounds.  The heartbeat bounds are
 the wire protocol's own limits, so an interval the relay accepts is one an
 agent may legally announce.
 """
@@ -139,6 +139,22 @@ it.
 Length, in seconds, of the sliding window ``max_notifications`` counts
 over. A longer window is stricter about guests that fail repeatedly; a
 shorter one forgives them sooner.
+""",
+    ),
+    cfg.FloatOpt(
+        "late_tolerance",
+        default=2.0,
+        min=0.0,
+        max=3600.0,
+        advanced=True,
+        help="""
+Seconds by which the relay may notice a hang deadline late before it
+concludes that it stalled itself (an overloaded host, a long garbage
+collection, a suspended relay) rather than the guest: its heartbeats may
+still sit unread in the socket. It then checks again one interval later
+instead of notifying, so a busy host does not restart all its instances.
+Lower values distrust the relay's own timing sooner; higher values
+report a hang seen late rather than re-checking.
 """,
     ),
 ]

@@ -1,7 +1,7 @@
 """[libvirt] options: how the relay finds instances through libvirt and gives them a channel.
 
 The values end up in ``host_relay.settings.LibvirtSettings`` (see
-``host_relay.conf.loader.settings_from``); ``host_relay.libvirt_watch`` uses
+``host_relay.conf.build.settings_from``); ``host_relay.libvirt_watch`` uses
 them.  An empty ``connection_uri`` turns all of it off: the relay then only
 watches ``[channels] socket_dir``.
 """
@@ -139,14 +139,16 @@ Group of ``[channels] socket_dir``. Empty: the primary group of
         help="""
 Seconds before the first attempt to reconnect to libvirtd after the
 connection failed or libvirtd restarted; each further failure doubles
-the delay up to ``reconnect_max``. Channels already connected keep
+the delay up to ``reconnect_max``, each delay randomised by up to 20 %
+(never above ``reconnect_max``); a connection that lasted a minute
+starts again from this value. Channels already connected keep
 working meanwhile (they are QEMU's sockets, not libvirtd's).
 """,
     ),
     cfg.FloatOpt(
         "reconnect_max",
         default=60.0,
-        min=1.0,
+        min=0.1,  # its real floor is reconnect_initial, which the loader checks
         max=600.0,
         help="""
 Upper bound, in seconds, on the delay between reconnect attempts to

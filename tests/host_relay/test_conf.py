@@ -7,6 +7,7 @@ global CONF is never parsed.
 
 from __future__ import annotations
 
+import dataclasses
 import logging as std_logging
 import os
 import shutil
@@ -24,6 +25,7 @@ from oslo_config import cfg, types
 from host_relay import conf as relay_conf
 from host_relay.conf import masakari as masakari_conf
 from host_relay.conf import opts as conf_opts
+from host_relay.conf import oslo_private
 from host_relay.conf.loader import DETECTOR_FIELDS
 from host_relay.settings import ChannelSettings, DeliverySettings, LibvirtSettings, RelaySettings
 
@@ -40,6 +42,7 @@ DETECTOR_DEFAULTS = {
     "cooldown": 300.0,
     "max_notifications": 3,
     "notification_window": 3600.0,
+    "late_tolerance": 2.0,
 }
 
 
@@ -99,8 +102,8 @@ def _fmt(number: float) -> str:
 
 def test_every_numeric_option_has_min_and_max():
     numeric = _own_numeric_opts()
-    # 1 [DEFAULT] + 5 [channels] + 8 [detector] + 4 [masakari] + 3 [libvirt]
-    assert len(numeric) == 21
+    # 1 [DEFAULT] + 5 [channels] + 9 [detector] + 4 [masakari] + 3 [libvirt]
+    assert len(numeric) == 22
     unbounded = [
         f"[{group}] {opt.dest}"
         for group, opt in numeric
@@ -134,8 +137,8 @@ def test_defaults_load_without_a_file():
     assert relay_conf.settings_from(conf) == RelaySettings(
         host=socket.gethostname(), libvirt=LibvirtSettings(connection_uri="qemu:///system"),
         config_warnings=tuple(relay_conf.config_warnings(conf)))
-    assert relay_conf.detector_config_from(conf) == DETECTOR_DEFAULTS
-    assert tuple(relay_conf.detector_config_from(conf)) == DETECTOR_FIELDS
+    assert dataclasses.asdict(relay_conf.detector_config_from(conf)) == DETECTOR_DEFAULTS
+    assert tuple(DETECTOR_DEFAULTS) == DETECTOR_FIELDS
     assert conf.masakari.auth_type == "password"
     assert conf.masakari.service_type == "instance-ha"
     assert conf.masakari.noauth_token == "admin:admin"
@@ -216,7 +219,7 @@ def test_each_group_from_a_real_file(tmp_path):
         ),
         libvirt=LibvirtSettings(connection_uri="qemu:///system"),
     )
-    assert relay_conf.detector_config_from(conf) == {
+    assert dataclasses.asdict(relay_conf.detector_config_from(conf)) == {
         "missed_heartbeats": 5,
         "min_interval": 1.0,
         "max_interval": 20.0,
@@ -225,6 +228,7 @@ def test_each_group_from_a_real_file(tmp_path):
         "cooldown": 600.0,
         "max_notifications": 2,
         "notification_window": 86400.0,
+        "late_tolerance": 2.0,
     }
     assert conf.masakari.auth_url == "http://keystone:5000/v3"
     assert conf.masakari.region_name == "RegionTwo"
@@ -249,7 +253,7 @@ def test_instances_are_independent(tmp_path):
     a = _load(_write(tmp_path, "[detector]\ncooldown = 1\n", "a.conf"))
     b = _load(_write(tmp_path, "[detector]\ncooldown = 2\n", "b.conf"))
     assert (a.detector.cooldown, b.detector.cooldown) == (1.0, 2.0)
-    assert cfg.CONF._args is None  # the global CONF was never parsed
+    assert not oslo_private.was_parsed(cfg.CONF)  # the global CONF was never parsed
     # Options registered on one ConfigOpts (the chosen auth plugin's) stay there: oslo
     # shares a module-level OptGroup's option dict between every conf registering it.
     c = _load(_write(tmp_path, "[masakari]\nauth_type = none\nendpoint = http://m\n", "c.conf"))
@@ -558,7 +562,7 @@ def test_sample_loads_cleanly(tmp_path):
     path = _write(tmp_path, "\n".join(lines) + "\n")
     conf = _load(path)
     assert not [w for w in relay_conf.config_warnings(conf) if "not a known option" in w]
-    assert relay_conf.detector_config_from(conf) == DETECTOR_DEFAULTS
+    assert dataclasses.asdict(relay_conf.detector_config_from(conf)) == DETECTOR_DEFAULTS
 
 
 # --- [libvirt] --------------------------------------------------------------------------------

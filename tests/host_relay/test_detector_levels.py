@@ -60,7 +60,7 @@ def test_the_hello_that_follows_the_heartbeat_is_no_new_start():
 def test_a_heartbeat_interval_change_is_used_and_stored():
     d = connected()
     d.message(hb02(0, interval=1.0), 0)
-    out = d.message(hb02(1, interval=5.0), 1)
+    out = d.message(hb02(1, interval=5.0), 11)
     [s] = of(out, Started)
     assert (s.interval, s.start) == (5.0, False)
     assert persists(out)[0].record.interval == 5.0
@@ -280,17 +280,17 @@ def test_a_pause_level_is_clamped_to_max_pause_and_extends_or_shortens_exactly()
     assert d.state is State.PAUSED
     [p] = pause_changes(out)
     assert (p.until, p.asked, p.source) == (100, 500, "heartbeat")
-    d.message(hb02(1, paused=pause(20)), 1)  # the guest shortened it
-    assert d.next_deadline() == 21
-    out = d.message(hb02(2, paused=pause(50)), 2)  # and extended it
-    assert d.next_deadline() == 52 and pause_changes(out)
+    d.message(hb02(1, paused=pause(20)), 10)  # the guest shortened it
+    assert d.next_deadline() == 30
+    out = d.message(hb02(2, paused=pause(50)), 20)  # and extended it
+    assert d.next_deadline() == 70 and pause_changes(out)
 
 
 def test_a_nil_pause_level_ends_a_pause_whose_resume_was_lost():
     d = connected()
     d.message(hello02(paused=pause(600)), 0)
     assert d.state is State.PAUSED
-    out = d.message(hb02(1, paused=None), 5)
+    out = d.message(hb02(1, paused=None), 15)
     assert d.state is State.ARMED and moves(out) == [(State.PAUSED, State.ARMED)]
     assert pause_changes(out)[0].until is None and persists(out)
 
@@ -340,18 +340,18 @@ def test_plain_heartbeats_write_nothing():
 
 
 def test_each_change_that_matters_is_written_once():
-    d = connected(DetectorConfig(missed_heartbeats=3, cooldown=10))
+    d = connected(DetectorConfig(missed_heartbeats=3, cooldown=20, min_uptime=100))
     kinds = []
-    for t, msg in [(0, hello02()), (1, hb02(1, interval=2.0)), (2, Failure(1, "sshd", "x")),
-                   (3, hb02(3, interval=2.0, sshd="ok")), (4, hb02(4, paused=pause(50),
-                                                                    interval=2.0))]:
+    for t, msg in [(0, hello02()), (10, hb02(1, interval=2.0)), (11, Failure(1, "sshd", "x")),
+                   (12, hb02(3, interval=2.0, sshd="ok")), (22, hb02(4, paused=pause(50),
+                                                                      interval=2.0))]:
         kinds.append(len(persists(d.message(msg, t))))
-    kinds.append(len(persists(d.tick(12))))  # the cooldown ended
-    kinds.append(len(persists(d.message(hb02(5, interval=2.0), 13))))  # nil pause: resumed
+    kinds.append(len(persists(d.tick(32))))  # the cooldown ended at 31 (written at once)
+    kinds.append(len(persists(d.message(hb02(5, interval=2.0), 45))))  # nil pause: resumed
     assert kinds == [1, 1, 1, 1, 1, 1, 1]
     rec = d.record()
     assert rec.incident is None and rec.cooldown_until is None and rec.pause_until is None
-    assert rec.notified_at == (2,)
+    assert rec.notified_at == (11,)
 
 
 def test_recovered_frame_for_the_incident_is_written():
@@ -371,3 +371,49 @@ def test_notify_and_its_persist_come_from_one_call_in_that_order():
 
 def test_cfg_is_shared():
     assert CFG.missed_heartbeats == 3
+
+
+def test_a_pause_that_ended_while_failed_does_not_linger():
+    d = armed02(DetectorConfig(missed_heartbeats=3, cooldown=10))
+    d.message(Failure(1, "sshd", "gone"), 1)
+    d.message(Pause(20, "x"), 2)  # noted during the cooldown, over at 22 while FAILED
+    d.tick(100)
+    d.message(Recovered(5, "sshd"), 100)  # recovered: ARMED, the old pause forgotten
+    assert d.state is State.ARMED and d.record().pause_until is None
+    out = beat(d, 101, 110, make=hb02, sshd="ok")
+    assert not ignored(out) and not persists(out)
+
+
+def test_failure_frames_naming_endless_checks_keep_the_checks_bounded():
+    d = armed()
+    for i in range(1000):
+        d.message(Failure(i, f"c{i}", "x"), 1 + i * 0.001)
+    assert len(d.status(2).checks) == 32
+
+
+def test_a_guest_churning_its_start_id_gets_one_write_per_write_every():
+    d = connected()
+    d.message(hello02(), 0)
+    out = []
+    for i in range(600):  # a new start id ten times a second for a minute
+        out += d.message(hb02(i, start=f"s{i}"), 1 + i / 10)
+    assert 5 <= len(persists(out)) <= 7  # WRITE_EVERY = 10 s
+    assert d.record().start_id == "s599"
+
+
+def test_a_write_held_back_is_due_at_next_deadline_even_if_the_guest_falls_silent():
+    d = connected()
+    d.message(hello02(), 0)
+    d.message(Goodbye("stop"), 2)  # armed -> not armed, 2 s after the last write
+    assert d.state is State.DEPARTED and d.record().armed is False
+    assert d.next_deadline() == 10.0
+    [p] = persists(d.tick(10.0))
+    assert p.record.armed is False and d.next_deadline() is None
+
+
+def test_a_notification_is_never_held_back():
+    d = connected()
+    d.message(hello02(), 0)
+    d.message(hello02(start="s2"), 1)  # a held-back change
+    out = d.message(Failure(1, "sshd", "gone"), 2)
+    assert notifies(out) and persists(out)[0].record.start_id == "s2"

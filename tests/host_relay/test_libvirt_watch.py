@@ -279,6 +279,30 @@ def test_unreachable_libvirtd_is_reported_and_retried(sock_dir) -> None:
     assert status["connected"] is False and "none" in status["last_error"]
 
 
+def test_unreachable_libvirtd_is_retried_with_growing_delays_up_to_reconnect_max(sock_dir):
+    """The watcher's reconnect loop is host_relay.backoff's: doubling from
+    reconnect_initial, capped at reconnect_max (clock frozen at 0, so each
+    next_retry_at is the delay itself; rng 0.5 means no jitter)."""
+
+    async def main() -> list[float]:
+        watcher = DomainWatcher(settings(f"qemu:///session?socket={sock_dir}/none"),
+                                sock_dir, Sink(), clock=lambda: 0.0, rng=lambda: 0.5)
+        task = asyncio.create_task(watcher.run())
+        seen: list[float] = []
+        try:
+            deadline = time.monotonic() + 10.0
+            while time.monotonic() < deadline and (not seen or seen[-1] < 0.5):
+                at = watcher.next_retry_at
+                if at is not None and (not seen or at != seen[-1]):
+                    seen.append(at)
+                await asyncio.sleep(0.005)
+        finally:
+            await stop(task)
+        return seen
+
+    assert asyncio.run(main()) == pytest.approx([0.1, 0.2, 0.4, 0.5])
+
+
 def test_socket_dir_is_given_to_the_configured_owner(sock_dir) -> None:
     path = os.path.join(sock_dir, "ch")
     problem = socket_dir.prepare(path, "nobody", "")
