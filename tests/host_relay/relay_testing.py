@@ -178,3 +178,156 @@ class CountingProxy:
     def close(self) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+
+class LevelAgent:
+    """A protocol 0.2 guest agent behind a socket where QEMU would listen (a thread).
+
+    On each connection from the relay it reads the relay's ``sync`` requests and
+    answers them as iim-agent does (hello, a heartbeat with its whole state, a
+    failure frame per failed check), then sends a heartbeat every ``interval`` and
+    a hello every 30 heartbeats.  ``hang()`` stops it sending anything (a hung
+    guest still holds the port open); ``fail(check, reason)`` fails a check and
+    sends the failure frame (the fast path).  ``answer_sync=False`` plays a guest
+    whose failure frame went out while nobody read: only its heartbeats tell.
+    """
+
+    def __init__(self, sock_dir: str, uuid: str, interval: float, *,
+                 checks: dict[str, str], answer_sync: bool = True) -> None:
+        import threading
+
+        from iim_protocol.codec import Decoder
+
+        self.path = os.path.join(sock_dir, f"{uuid}.sock")
+        os.makedirs(sock_dir, exist_ok=True)
+        self.interval = interval
+        self.checks = dict(checks)
+        self.reasons: dict[str, str] = {}
+        self.answer_sync = answer_sync
+        self.boot_id = "boot-" + uuid[:8]
+        self.start_id = os.urandom(8).hex()
+        self.connections = 0
+        self.syncs = 0
+        self.hellos = 0
+        self.hung = False
+        self._seq = 0
+        self._lock = threading.Lock()
+        self._conn: socket.socket | None = None
+        self._stop = threading.Event()
+        self._decoder_type = Decoder
+        self._listener = listen(self.path)
+        self._listener.settimeout(0.2)
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    # -- what the test does ----------------------------------------------------
+
+    def hang(self) -> None:
+        self.hung = True
+
+    def fail(self, check: str, reason: str) -> None:
+        from iim_protocol.messages import Failure
+
+        with self._lock:
+            self.checks[check] = "failed"
+            self.reasons[check] = reason
+            self._seq += 1
+            self._send(Failure(seq=self._seq, check=check, reason=reason))
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self._listener.close()
+        if self._conn is not None:
+            self._conn.close()
+        if os.path.exists(self.path):
+            os.unlink(self.path)
+
+    # -- the agent ---------------------------------------------------------------
+
+    def _hello(self):
+        from iim_protocol.messages import Hello
+
+        self.hellos += 1
+        return Hello(protocol_version=1, agent_version="0.2-test", boot_id=self.boot_id,
+                     heartbeat_interval=self.interval, checks=tuple(self.checks),
+                     start_id=self.start_id, pause=None, pause_known=True)
+
+    def _heartbeat(self):
+        from iim_protocol.messages import Heartbeat
+
+        self._seq += 1
+        return Heartbeat(seq=self._seq, checks=tuple(sorted(self.checks.items())),
+                         interval=self.interval, boot_id=self.boot_id,
+                         start_id=self.start_id, pause=None, pause_known=True)
+
+    def _send(self, *messages) -> None:
+        if self._conn is None or self.hung:
+            return
+        try:
+            self._conn.sendall(b"".join(encode(m) for m in messages))
+        except OSError:
+            self._conn.close()
+            self._conn = None
+
+    def _answer_sync(self) -> None:
+        from iim_protocol.messages import Failure
+
+        self.syncs += 1
+        if not self.answer_sync:
+            return
+        frames = [self._hello(), self._heartbeat()]
+        for check, state in sorted(self.checks.items()):
+            if state == "failed":
+                self._seq += 1
+                frames.append(Failure(seq=self._seq, check=check,
+                                      reason=self.reasons.get(check, "failed")))
+        self._send(*frames)
+
+    def _serve(self) -> None:
+        from iim_protocol.messages import Sync
+
+        next_beat = time.monotonic()
+        beats = 0
+        decoder = self._decoder_type()
+        while not self._stop.is_set():
+            if self._conn is None:
+                try:
+                    conn, _ = self._listener.accept()
+                except (TimeoutError, socket.timeout):
+                    continue
+                except OSError:
+                    return
+                conn.settimeout(0.05)
+                with self._lock:
+                    self._conn = conn
+                    self.connections += 1
+                    decoder = self._decoder_type()
+                continue
+            try:
+                data = self._conn.recv(4096)
+                if not data:
+                    with self._lock:
+                        self._conn.close()
+                        self._conn = None
+                    continue
+                with self._lock:
+                    for msg in decoder.feed(data):
+                        if isinstance(msg, Sync):
+                            self._answer_sync()
+            except (TimeoutError, socket.timeout):
+                pass
+            except OSError:
+                with self._lock:
+                    if self._conn is not None:
+                        self._conn.close()
+                    self._conn = None
+                continue
+            if time.monotonic() >= next_beat:
+                next_beat = time.monotonic() + self.interval
+                beats += 1
+                with self._lock:
+                    if beats % 30 == 1:
+                        self._send(self._hello(), self._heartbeat())
+                    else:
+                        self._send(self._heartbeat())
