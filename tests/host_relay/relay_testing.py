@@ -186,14 +186,17 @@ class LevelAgent:
     On each connection from the relay it reads the relay's ``sync`` requests and
     answers them as iim-agent does (hello, a heartbeat with its whole state, a
     failure frame per failed check), then sends a heartbeat every ``interval`` and
-    a hello every 30 heartbeats.  ``hang()`` stops it sending anything (a hung
-    guest still holds the port open); ``fail(check, reason)`` fails a check and
-    sends the failure frame (the fast path).  ``answer_sync=False`` plays a guest
-    whose failure frame went out while nobody read: only its heartbeats tell.
+    a hello every 30 heartbeats.  Like iim-agent on a virtio port it also sends
+    that whole state when it sees the host connect (``sees_host``; an agent on a
+    serial port cannot).  ``hang()`` stops it sending anything (a hung guest still
+    holds the port open); ``fail(check, reason)`` fails a check and sends the
+    failure frame (the fast path).  ``answer_sync=False, sees_host=False`` plays a
+    guest whose failure frame went out while nobody read: only heartbeats tell.
     """
 
     def __init__(self, sock_dir: str, uuid: str, interval: float, *,
-                 checks: dict[str, str], answer_sync: bool = True) -> None:
+                 checks: dict[str, str], answer_sync: bool = True,
+                 sees_host: bool = True) -> None:
         import threading
 
         from iim_protocol.codec import Decoder
@@ -204,6 +207,7 @@ class LevelAgent:
         self.checks = dict(checks)
         self.reasons: dict[str, str] = {}
         self.answer_sync = answer_sync
+        self.sees_host = sees_host
         self.boot_id = "boot-" + uuid[:8]
         self.start_id = os.urandom(8).hex()
         self.connections = 0
@@ -271,11 +275,13 @@ class LevelAgent:
             self._conn = None
 
     def _answer_sync(self) -> None:
+        self.syncs += 1
+        if self.answer_sync:
+            self._whole_state()
+
+    def _whole_state(self) -> None:
         from iim_protocol.messages import Failure
 
-        self.syncs += 1
-        if not self.answer_sync:
-            return
         frames = [self._hello(), self._heartbeat()]
         for check, state in sorted(self.checks.items()):
             if state == "failed":
@@ -303,6 +309,8 @@ class LevelAgent:
                     self._conn = conn
                     self.connections += 1
                     decoder = self._decoder_type()
+                    if self.sees_host:
+                        self._whole_state()
                 continue
             try:
                 data = self._conn.recv(4096)

@@ -116,16 +116,18 @@ def armed_and_stored(relay: RelayProc, inst: str):
     snap = relay.status()
     det = ((snap.get("instances") or {}).get(inst) or {}).get("detector") or {}
     store = snap.get("store") or {}
-    return (det.get("state") == "armed" and store.get("pending_records") == 0
-            and store.get("pending_notifications") == 0)
+    return (det.get("state") == "armed" and store.get("pending_records", 0) == 0
+            and store.get("pending_notifications", 0) == 0)
 
 
 def test_failure_sent_before_the_relay_reads_is_notified_via_the_level(
         tmp_path, state_dir, proxy, masakari, masakari_host) -> None:
     """Issue case 1: the failure frame went out while no relay read; heartbeats say failed."""
     inst = str(uuid.uuid4())
+    # A serial-port agent (cannot see the host connect), not answering sync: the
+    # failure frame is gone for good and only its heartbeats say the check failed.
     agent = LevelAgent(f"{state_dir}/ch", inst, INTERVAL, checks={"db": "failed"},
-                       answer_sync=False)  # the frame is gone for good: only levels remain
+                       answer_sync=False, sees_host=False)
     relay = RelayProc(tmp_path, state_dir, masakari_host, proxy.url)
     try:
         relay.start()
@@ -185,8 +187,9 @@ def test_restart_inside_the_cooldown_posts_once(tmp_path, state_dir, proxy, masa
         relay.stop(sig)
         relay.start()
         wait_for("the agent reconnected", lambda: agent.connections >= 2, 20)
-        # The agent answers the relay's sync with its failure frame and keeps reporting
-        # the check failed in every heartbeat; the restored cooldown holds.
+        # The agent re-sends its failure frame when it sees the host connect and in
+        # answer to the sync, and keeps reporting the check failed in every heartbeat:
+        # the restored cooldown holds.
         time.sleep(4 * INTERVAL + 1.5)
         det = relay.instance(inst).get("detector") or {}
         assert det.get("state") == "cooldown", det
