@@ -127,6 +127,9 @@ class Detector:
         if r.pause_until is not None and r.pause_until > now:
             f.pause_until = min(r.pause_until, now + cfg.max_pause)
             f.pause_reason, f.pause_origin = r.pause_reason, r.pause_origin or "guest"
+        if f.domain not in DOMAIN_RUNS and f.domain not in DOMAIN_HELD:
+            f.armed, f.interval = False, None  # stopped: as a DOMAIN_STOP would
+            f.pause_until, f.pause_reason, f.pause_origin = None, "", ""
         f.state = rules.settle(f, now)  # the timer starts now: downtime is not silence
         self._persisted = self.record()  # what differs from ``r`` is redone at every restore
 

@@ -297,3 +297,16 @@ def test_restore_keeps_the_exact_times():
     d.message(Failure(1, "sshd", "gone"), 5)
     d2 = restart(d, 50.0)
     assert math.isclose(d2.status(50).cooldown_remaining, 255.0)
+
+
+def test_a_domain_found_stopped_at_the_restore_is_not_watched_until_its_agent_starts():
+    from host_relay.detector import DomainState
+
+    d = armed02()
+    beat(d, 1, 20, make=hb02)
+    d2 = restart(d, 100.0, domain=DomainState.SHUTOFF)
+    assert d2.state is State.UNKNOWN and not d2.record().armed
+    d2.domain_state(DomainState.RUNNING, 200)  # booting: the agent is not up yet
+    assert not notifies(d2.tick(1000))
+    d2.message(hello02(boot="boot-2"), 1000)
+    assert d2.state is State.ARMED
