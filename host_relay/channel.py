@@ -29,6 +29,7 @@ import time
 from collections.abc import Iterable
 from typing import Any, Callable, Optional
 
+from host_relay.backoff import Backoff, BackoffPolicy
 from host_relay.settings import ChannelSettings
 from host_relay.transports import UNIX, is_closed_by_peer, open_stream
 from iim_protocol.codec import Decoder, encode
@@ -132,11 +133,12 @@ class ChannelConnection:
     async def run(self) -> None:
         """Connect, read, reconnect with backoff; returns only when cancelled."""
         s = self._settings
-        backoff = s.reconnect_initial
+        backoff = Backoff(BackoffPolicy(s.reconnect_initial, s.reconnect_max,
+                                        stable_after=_STABLE_SECONDS), self._rng)
         self._schedule()
         try:
             while True:
-                started = self._clock()
+                backoff.started(self._clock())
                 try:
                     healthy = await self._session()
                 except Exception as exc:  # noqa: BLE001 - one channel never takes the relay down
@@ -145,10 +147,9 @@ class ChannelConnection:
                     self.counters["errors"] += 1
                     self.last_error = f"{type(exc).__name__}: {exc}"
                     healthy = False
-                if healthy or self._clock() - started >= _STABLE_SECONDS:
-                    backoff = s.reconnect_initial
-                delay = backoff * (1 + 0.2 * (2 * self._rng() - 1))
-                backoff = min(backoff * 2, s.reconnect_max)
+                if healthy:  # it carried a valid frame: start again from the first delay
+                    backoff.reset()
+                delay = backoff.failed(self._clock())
                 self._set_state(STATE_BACKOFF)
                 self.next_retry_at = self._clock() + delay
                 await asyncio.sleep(delay)

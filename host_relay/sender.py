@@ -171,7 +171,6 @@ class Sender:
         # delivery, duplicates included: the relay's metrics observe latency here.
         self.on_delivered = on_delivered
         self.direct_results = direct_results
-        self.last_verdict: Optional[Verdict] = None
         self._worker = Worker("outbox-sender")
         self._db_error: Optional[str] = None  # the outbox failed; logged once per run
         # Masakari's answers not yet recorded on their row (the disk failed): recorded
@@ -276,7 +275,6 @@ class Sender:
 
     async def _record(self, entry: Entry, result: Result) -> Verdict:
         verdict = classify(result, entry.hostname)
-        self.last_verdict = verdict
         now = self.clock()
         attempts = entry.attempts + 1
         if verdict.action is Action.DELIVERED:
