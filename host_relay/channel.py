@@ -354,38 +354,3 @@ class ChannelConnection:
         if state != self.state:
             self.state = state
             self.state_since = self._clock()
-
-    # -- status -------------------------------------------------------------
-
-    def snapshot(self) -> dict[str, Any]:
-        now = self._clock()
-
-        def age(t: Optional[float]) -> Optional[float]:
-            return None if t is None else round(now - t, 3)
-
-        return {
-            "channel": {
-                "state": self.state,
-                "state_age": age(self.state_since),
-                "next_retry_in": (
-                    None if self.next_retry_at is None
-                    else round(max(0.0, self.next_retry_at - now), 3)
-                ),
-                "path": self.path,
-                "transport": self.transport,
-                "last_error": self.last_error,
-                "connects": self.counters["connects"],
-                "disconnects": self.counters["disconnects"],
-                "connect_failures": self.counters["connect_failures"],
-                "errors": self.counters["errors"],
-            },
-            "last_heartbeat_age": age(self.last_heartbeat_at),
-            "last_message_age": age(self.last_message_at),
-            "decoder": self.decoder.stats.as_dict(),
-            "throttle": {
-                "bytes": self.counters["throttled_bytes"],
-                "frames": self.counters["throttled_frames"],
-                "seconds": round(self.throttled_seconds, 3),
-            },
-            "syncs": self.counters["syncs"],
-        }
