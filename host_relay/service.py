@@ -30,7 +30,7 @@ from collections.abc import Awaitable
 from typing import Any, Callable, Optional
 
 import iim_protocol
-from host_relay import render, status
+from host_relay import fallback, render, status
 from host_relay.channel import ChannelConnection
 from host_relay.control import ControlServer
 from host_relay.discovery import Discovery
@@ -138,6 +138,7 @@ class Relay:
         detector_factory: Optional[Callable[..., Any]] = None,
         record_type: Any = None,
         writer: Optional[StoreWriter] = None,
+        fallback_path: Optional[str] = None,
         notify: Optional[Callable[[str], Any]] = None,
         watchdog_interval: Optional[float] = None,
     ) -> None:
@@ -156,7 +157,9 @@ class Relay:
         window = getattr(detector_config, "notification_window", None)
         self.instances = InstanceTable(float(window or _FORGET_DETECTOR_AFTER))
         self.writer = writer or StoreWriter(outbox, getattr(sender, "client", None),
-                                            clock=clock, wall_clock=wall_clock)
+                                            clock=clock, wall_clock=wall_clock,
+                                            fallback_path=fallback_path)
+        self._fallback_path = fallback_path
         if getattr(sender, "direct_results", False) is None:
             sender.direct_results = self.writer
         self._view = status.OutboxView(outbox.path, wall_clock)
@@ -223,17 +226,49 @@ class Relay:
             await self._shutdown()
 
     async def _restore(self) -> None:
-        """Read the detectors' stored records back (in a thread; a broken disk is logged)."""
+        """Read the detectors' stored records back (in a thread; a broken disk is logged).
+
+        What the previous relay could not write (host_relay.fallback) is newer than
+        the outbox: it is handed to the writer, and its records win.
+        """
+        pending, unwritten = await self._pending_from_last_run()
         try:
             records = await self._ops.call(restore_records, self.outbox, self._record_type,
                                            self._clock(), self._wall_clock())
         except Exception:  # noqa: BLE001 - the relay runs; detectors start fresh
             LOG.exception("Cannot read the detectors' stored state from %s; they start fresh",
                           self.outbox.path)
-            return
+            records = {}
+        shift = self._clock() - self._wall_clock()
+        for uuid, data in unwritten.items():
+            if data is None:
+                records.pop(uuid, None)
+                continue
+            try:
+                records[uuid] = self._record_type.from_json(data).shifted(shift)
+            except (ValueError, TypeError, KeyError) as exc:
+                LOG.error("Unwritten detector state of instance %s is unreadable (%s)", uuid,
+                          exc)
+        if pending or unwritten:
+            self.writer.adopt(pending, unwritten, on_committed=lambda e: self.sender.wake())
         self.instances.restore(records, self._clock())
         if records:
             LOG.info("Restored the stored state of %d instances' detectors", len(records))
+
+    async def _pending_from_last_run(self) -> tuple[list, dict]:
+        if self._fallback_path is None:
+            return [], {}
+        try:
+            entries, records = await self._ops.call(fallback.load, self._fallback_path)
+        except (OSError, ValueError) as exc:
+            LOG.error("Cannot read %s (writes a previous relay could not make): %s; left in "
+                      "place for the operator", self._fallback_path, exc)
+            return [], {}
+        if entries or records:
+            LOG.warning("The previous relay stopped before it could write %s to the outbox "
+                        "(%s); writing them now", fallback.describe(entries, records),
+                        self._fallback_path)
+        return entries, records
 
     def _on_scanned(self) -> None:
         if self.ready.is_set():
@@ -276,9 +311,14 @@ class Relay:
         LOG.info("Shutdown 3/6: writing %d pending notifications and records (up to %.0fs)",
                  self.writer.pending, _FLUSH_TIMEOUT)
         if self.writer.pending and not await self.writer.flush(_FLUSH_TIMEOUT):
-            LOG.error("Shutdown: %d notifications and records could not be written to %s; "
-                      "the guests' state after the restart brings them back",
-                      self.writer.pending, self.outbox.path)
+            if await self.writer.keep_pending(_FLUSH_TIMEOUT):
+                LOG.error("Shutdown: %d notifications and records could not be written to "
+                          "%s; kept in %s for the next relay", self.writer.pending,
+                          self.outbox.path, self._fallback_path)
+            else:
+                LOG.error("Shutdown: %d notifications and records could not be written to "
+                          "%s; the guests' state after the restart brings them back",
+                          self.writer.pending, self.outbox.path)
         await sup.stop("writer")
         LOG.info("Shutdown 4/6: stopping the sender (grace %.1fs)", grace)
         if self._sender_stop is not None:
@@ -564,7 +604,8 @@ def build(conf: Any, settings: RelaySettings, detector_config: Any) -> Relay:
     sender = Sender(outbox, client, backoff_initial=d.backoff_initial,
                     backoff_max=d.backoff_max, jitter=d.jitter)
     return Relay(settings, detector_config, outbox, sender, clock=time.monotonic,
-                 wall_clock=time.time, notify=notify, watchdog_interval=watchdog_interval())
+                 wall_clock=time.time, notify=notify, watchdog_interval=watchdog_interval(),
+                 fallback_path=fallback.path_in(fallback.runtime_dir_from_env()))
 
 
 async def serve(conf: Any, settings: RelaySettings, detector_config: Any) -> None:

@@ -38,6 +38,7 @@ import os
 import time
 from typing import Any, Callable, Optional
 
+from host_relay import fallback
 from host_relay.masakari_client import Result
 from host_relay.offloop import Worker
 from host_relay.outbox import Entry, NewEntry, Outbox, _token
@@ -158,6 +159,7 @@ class StoreWriter:
         retry_max: float = RETRY_MAX,
         direct_after: float = DIRECT_AFTER,
         on_problem: Optional[Callable[[Optional[DiskProblem]], None]] = None,
+        fallback_path: Optional[str] = None,
     ) -> None:
         self.outbox = outbox
         self._client = client
@@ -168,6 +170,15 @@ class StoreWriter:
         self._direct_after = direct_after
         self._on_problem = on_problem
         self._worker = Worker("outbox-writer")
+        # A copy of what is pending, on another file system, for the next relay if this
+        # one is stopped before the disk is back (host_relay.fallback).
+        self._fallback_path = fallback_path
+        self._fallback_worker = Worker("outbox-fallback")
+        self._fallback_saved = False
+        self._saving: Optional[asyncio.Future] = None
+        self._save_again = False
+        self._gen = 0  # bumped whenever what is pending changes
+        self._saved_gen = -1
         self._direct_worker = Worker("outbox-direct")
         self._notes: dict[str, _Pending] = {}  # by token, in submission order
         self._records: dict[str, Any] = {}  # uuid -> JSON dict | _FORGET
@@ -202,12 +213,26 @@ class StoreWriter:
                 notify.at, on_committed)
         if record is not None:
             self._records[instance_uuid] = record
+        self._gen += 1
         self._kick()
         return token
+
+    def adopt(self, entries: list[NewEntry], records: dict[str, Optional[dict]],
+              on_committed: Optional[Callable[[Entry], None]] = None) -> None:
+        """Take over what a previous relay could not write (host_relay.fallback)."""
+        now = self._clock()
+        for new in entries:
+            self._notes[new.token] = _Pending(new, now, on_committed)
+        for uuid, record in records.items():
+            self._records.setdefault(uuid, _FORGET if record is None else record)
+        self._fallback_saved = bool(entries or records)
+        self._gen += 1
+        self._kick()
 
     def forget(self, instance_uuid: str) -> None:
         """Delete the instance's stored record (it has been gone long enough)."""
         self._records[instance_uuid] = _FORGET
+        self._gen += 1
         self._kick()
 
     def direct_result(self, token: Optional[str]) -> Any:
@@ -278,6 +303,7 @@ class StoreWriter:
     def close(self) -> None:
         self._worker.close()
         self._direct_worker.close()
+        self._fallback_worker.close()
 
     def _kick(self) -> None:
         if self._wake is not None:
@@ -328,6 +354,9 @@ class StoreWriter:
                     pending.on_committed(entry)
                 except Exception:  # noqa: BLE001 - the entry is durable; observers are secondary
                     LOG.exception("Observer of outbox entry %s failed", entry.id)
+        if self._fallback_saved and not self._notes and not self._records:
+            self._fallback_saved = False  # all on disk now: the copy is not needed
+            self._fallback_worker.call(fallback.clear, self._fallback_path)
         return True
 
     def _commit(self, entries: list[NewEntry], rows: dict, wall: float) -> list[Entry]:
@@ -350,8 +379,58 @@ class StoreWriter:
             outcome = ("dead", result.status, None, verdict.message, now)
         return dataclasses.replace(pending.new, outcome=outcome)
 
+    def _save_fallback(self, force: bool = False) -> Optional[asyncio.Future]:
+        """Keep a copy of what is pending for the next relay (its own thread, one at a time).
+
+        Saved when what is pending changed since the last copy; a request while a
+        copy is being written is coalesced into one more copy after it.
+        """
+        if self._fallback_path is None or not (self._notes or self._records):
+            return None
+        if self._saving is not None and not self._saving.done():
+            self._save_again = True
+            return self._saving
+        if not force and self._saved_gen == self._gen:
+            return None
+        entries = [self._entry_to_write(p) for p in self._notes.values()]
+        rows = {k: (None if v is _FORGET else v) for k, v in self._records.items()}
+        self._fallback_saved = True
+        self._saved_gen = self._gen
+        self._save_again = False
+        self._saving = self._fallback_worker.call(fallback.save, self._fallback_path,
+                                                  entries, rows)
+        self._saving.add_done_callback(self._fallback_done)
+        return self._saving
+
+    async def keep_pending(self, timeout: float) -> bool:
+        """Shutdown with writes still pending: wait until their copy is saved."""
+        deadline = self._clock() + timeout
+        while self._fallback_path is not None and (self._notes or self._records):
+            saving = self._save_fallback()
+            if saving is None:
+                return True  # the copy on file is current
+            try:
+                await asyncio.wait_for(asyncio.shield(saving),
+                                       max(0.0, deadline - self._clock()))
+            except asyncio.TimeoutError:
+                LOG.error("Keeping the pending writes in %s did not finish within %.0fs",
+                          self._fallback_path, timeout)
+                return False
+            except Exception:  # noqa: BLE001 - logged by _fallback_done
+                return False
+        return False
+
+    def _fallback_done(self, future: asyncio.Future) -> None:
+        if not future.cancelled() and future.exception() is not None:
+            LOG.error("Cannot keep the pending writes in %s either: %s", self._fallback_path,
+                      future.exception())
+            self._saved_gen = -1  # try again next time
+        if self._save_again:
+            self._save_fallback(force=True)
+
     def _failed(self, exc: BaseException) -> None:
         self.commit_failures += 1
+        self._save_fallback()
         kind, fix = getattr(exc, "iim_disk_error", None) or ("other", f"check {self.outbox.path}")
         error = f"{type(exc).__name__}: {exc}"
         if self._problem is None or self._problem.errno_name != kind:
@@ -432,6 +511,8 @@ class StoreWriter:
             return
         self._direct_done[new.token] = result  # same loop step as the flag: no gap
         self.sent_directly += 1
+        self._gen += 1
+        self._save_fallback()
         LOG.warning("Instance %s: %s notification (%s) sent straight to Masakari while the "
                     "outbox cannot be written: %s%s; it is recorded as %s once the disk is back",
                     new.instance_uuid, new.kind, new.reason, result.status,
