@@ -17,10 +17,11 @@ import pytest
 from keystoneauth1 import noauth, session
 
 from host_relay.detector import DetectorRecord, Notify
+from host_relay.disk import classify_disk_error
 from host_relay.masakari_client import MasakariClient
 from host_relay.outbox import Outbox
 from host_relay.sender import Sender
-from host_relay.store import StoreWriter, classify_disk_error, restore_records
+from host_relay.store import StoreWriter, restore_records
 from tests.host_relay.faulty_fs import full_tmpfs, loop_ext4, needs_root
 from tests.host_relay.relay_testing import CountingProxy, wait_until
 
