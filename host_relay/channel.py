@@ -1,11 +1,17 @@
-"""One guest channel: read bytes, decode frames, feed the detector, act on its outputs.
+"""One guest channel: read bytes, decode frames, feed the detector, hand on its outputs.
 
 A :class:`ChannelConnection` owns the connection to one instance's UNIX socket
 (``<socket_dir>/<uuid>.sock``, where QEMU listens).  It knows the instance only
 by that file name; nothing the guest sends can change whom a notification is
-about.  The detector is sans-I/O: this class hands it events, carries out what
-it returns (Notify -> durable outbox entry, then wake the sender; Log -> the
-log; Metric -> counters) and arms one loop timer for its next deadline.
+about.  The detector is sans-I/O: this class hands it events, passes what it
+returns to ``on_outputs`` (the relay renders them into log lines and writes
+notifications and records through host_relay.store) and arms one loop timer
+for the detector's next deadline.
+
+On every (re)connect it writes one ``sync`` frame (never waiting for it to
+drain): an agent of protocol 0.2 answers with its hello, its whole state and a
+failure frame per failed check, so a relay that was not reading when the
+failure happened still hears of it.  A 0.1.0 agent never reads it.
 
 Each channel reads under a token bucket on bytes/s and frames/s.  Over budget
 it stops reading: the kernel buffer fills up and QEMU holds back that guest
@@ -23,11 +29,11 @@ import time
 from collections.abc import Iterable
 from typing import Any, Callable, Optional
 
-from host_relay.detector import Log, Metric, Notify
+from host_relay.backoff import Backoff, BackoffPolicy
 from host_relay.settings import ChannelSettings
 from host_relay.transports import UNIX, is_closed_by_peer, open_stream
-from iim_protocol.codec import Decoder
-from iim_protocol.messages import Heartbeat
+from iim_protocol.codec import Decoder, encode
+from iim_protocol.messages import Heartbeat, Sync
 
 LOG = logging.getLogger(__name__)
 
@@ -45,6 +51,7 @@ _THROTTLE_LOG_EVERY = 60.0
 _BAD_INPUT_LOG_EVERY = 60.0
 # Retry delay after the detector itself raised in tick().
 _TICK_RETRY = 1.0
+SYNC_FRAME = encode(Sync())
 
 
 class TokenBucket:
@@ -77,20 +84,6 @@ class TokenBucket:
         return 0.0 if tokens >= 1 else (1 - tokens) / self.rate
 
 
-class _LazyMessage:
-    """A detector's ``message % args``, formatted only if the record is emitted."""
-
-    def __init__(self, message: str, args: tuple) -> None:
-        self.message = message
-        self.args = args
-
-    def __str__(self) -> str:
-        try:
-            return self.message % self.args if self.args else self.message
-        except (TypeError, ValueError):
-            return f"{self.message} {self.args!r}"
-
-
 class ChannelConnection:
     """The relay's side of one instance's channel."""
 
@@ -100,33 +93,22 @@ class ChannelConnection:
         path: str,
         settings: ChannelSettings,
         detector: Any,
-        outbox: Any,
-        sender: Any,
-        hostname: str,
+        on_outputs: Callable[[list], None],
         *,
         clock: Callable[[], float] = time.monotonic,
-        wall_clock: Callable[[], float] = time.time,
         rng: Callable[[], float] = random.random,
         transport: str = UNIX,
-        on_queued: Optional[Callable[[Notify, float], None]] = None,
     ) -> None:
         self.instance_uuid = instance_uuid
         self.path = path
         self.transport = transport  # unix socket, or a serial pty / TCP port (transports.py)
         self.detector = detector
         self._settings = settings
-        self._outbox = outbox
-        self._sender = sender
-        self._hostname = hostname
+        self._on_outputs = on_outputs
         self._clock = clock
-        self._wall_clock = wall_clock
         self._rng = rng
-        # Called with (notify, seconds from the detector's decision to the durable
-        # outbox entry) after each queued notification: the relay's metrics.
-        self._on_queued = on_queued
         self.decoder = Decoder()
         self.counters: dict[str, int] = collections.Counter()
-        self.metrics: dict[str, Any] = {}
         self.throttled_seconds = 0.0
         now = clock()
         self._bytes = TokenBucket(settings.max_bytes_per_second, now)
@@ -151,11 +133,12 @@ class ChannelConnection:
     async def run(self) -> None:
         """Connect, read, reconnect with backoff; returns only when cancelled."""
         s = self._settings
-        backoff = s.reconnect_initial
+        backoff = Backoff(BackoffPolicy(s.reconnect_initial, s.reconnect_max,
+                                        stable_after=_STABLE_SECONDS), self._rng)
         self._schedule()
         try:
             while True:
-                started = self._clock()
+                backoff.started(self._clock())
                 try:
                     healthy = await self._session()
                 except Exception as exc:  # noqa: BLE001 - one channel never takes the relay down
@@ -164,10 +147,9 @@ class ChannelConnection:
                     self.counters["errors"] += 1
                     self.last_error = f"{type(exc).__name__}: {exc}"
                     healthy = False
-                if healthy or self._clock() - started >= _STABLE_SECONDS:
-                    backoff = s.reconnect_initial
-                delay = backoff * (1 + 0.2 * (2 * self._rng() - 1))
-                backoff = min(backoff * 2, s.reconnect_max)
+                if healthy:  # it carried a valid frame: start again from the first delay
+                    backoff.reset()
+                delay = backoff.failed(self._clock())
                 self._set_state(STATE_BACKOFF)
                 self.next_retry_at = self._clock() + delay
                 await asyncio.sleep(delay)
@@ -208,11 +190,15 @@ class ChannelConnection:
         ok_before = self.decoder.stats.frames_ok
         LOG.info("Channel of instance %s connected", self.instance_uuid)
         try:
+            self._send_sync(writer)
             self._carry_out(self.detector.channel_connected(self._clock()))
             try:
                 await self._read_loop(reader)
             except OSError as exc:
-                if not is_closed_by_peer(exc):
+                # A peer that closes with our sync still unread resets the socket:
+                # that is a hang-up like any other, not a failure of the channel.
+                if not (is_closed_by_peer(exc)
+                        or isinstance(exc, (ConnectionResetError, BrokenPipeError))):
                     raise
             LOG.info("Channel of instance %s closed by the other end", self.instance_uuid)
         finally:
@@ -223,6 +209,16 @@ class ChannelConnection:
             if not self._closing:
                 self._safe_detector_call("channel_closed")
         return self.decoder.stats.frames_ok > ok_before
+
+    def _send_sync(self, writer: Any) -> None:
+        """Ask the agent for its whole state; buffered, never awaited (the guest may not read)."""
+        try:
+            writer.write(SYNC_FRAME)
+        except (OSError, RuntimeError) as exc:  # a channel that cannot take 3 bytes now
+            self.counters["sync_failures"] += 1
+            LOG.debug("Channel of instance %s: sync not written: %s", self.instance_uuid, exc)
+            return
+        self.counters["syncs"] += 1
 
     def _log_connect_failure(self, exc: OSError) -> None:
         """Each kind of failure once per run of failures, not once per retry."""
@@ -313,61 +309,10 @@ class ChannelConnection:
 
     def _carry_out(self, outputs: Iterable[Any]) -> None:
         try:
-            for out in outputs or ():
-                if isinstance(out, Notify):
-                    self._notify(out)
-                elif isinstance(out, Log):
-                    self._log(out)
-                elif isinstance(out, Metric):
-                    self._metric(out)
-                else:
-                    LOG.warning("Instance %s: unknown detector output %r", self.instance_uuid, out)
+            if outputs:
+                self._on_outputs(list(outputs))
         finally:
             self._schedule()
-
-    def _notify(self, out: Notify) -> None:
-        if self._closing:
-            LOG.warning("Instance %s: %s notification while closing is not queued (%s)",
-                        self.instance_uuid, out.kind, out.reason)
-            return
-        if out.instance_uuid != self.instance_uuid:
-            LOG.error("Detector of %s named instance %s; using the channel's identity",
-                      self.instance_uuid, out.instance_uuid)
-        entry = self._outbox.put(
-            self.instance_uuid, self._hostname, out.kind, out.reason, self._wall_clock()
-        )
-        self.counters["notifications"] += 1
-        LOG.warning("Instance %s: queued %s notification (%s) as outbox entry %s",
-                    self.instance_uuid, out.kind, out.reason, getattr(entry, "id", entry))
-        self._sender.wake()
-        if self._on_queued is not None:
-            try:
-                self._on_queued(out, self._clock() - out.at)
-            except Exception:  # noqa: BLE001 - the entry is queued; metrics are secondary
-                LOG.exception("Instance %s: on_queued observer failed", self.instance_uuid)
-
-    def _log(self, out: Log) -> None:
-        level = out.level
-        if isinstance(level, str):
-            level = logging.getLevelName(level.upper())
-            if not isinstance(level, int):
-                level = logging.INFO
-        args = tuple(out.args or ())
-        extra = {"instance_uuid": self.instance_uuid}
-        if self.instance_uuid in args:  # the detector names the instance itself
-            LOG.log(level, out.message, *args, extra=extra)
-        else:
-            LOG.log(level, "Instance %s: %s", self.instance_uuid,
-                    _LazyMessage(out.message, args), extra=extra)
-
-    def _metric(self, out: Metric) -> None:
-        """Detector metrics are counters: ``value`` is an increment."""
-        labels = out.labels or ()
-        key = out.name
-        if labels:
-            pairs = labels.items() if isinstance(labels, dict) else labels
-            key += "{" + ",".join(f"{k}={v}" for k, v in sorted(pairs)) + "}"
-        self.metrics[key] = self.metrics.get(key, 0) + out.value
 
     def _schedule(self) -> None:
         if self._closing:
@@ -412,44 +357,3 @@ class ChannelConnection:
         if state != self.state:
             self.state = state
             self.state_since = self._clock()
-
-    # -- status -------------------------------------------------------------
-
-    def snapshot(self) -> dict[str, Any]:
-        now = self._clock()
-
-        def age(t: Optional[float]) -> Optional[float]:
-            return None if t is None else round(now - t, 3)
-
-        try:
-            detector = self.detector.snapshot(now)
-        except Exception as exc:  # noqa: BLE001 - status must always answer
-            detector = {"error": f"{type(exc).__name__}: {exc}"}
-        return {
-            "channel": {
-                "state": self.state,
-                "state_age": age(self.state_since),
-                "next_retry_in": (
-                    None if self.next_retry_at is None
-                    else round(max(0.0, self.next_retry_at - now), 3)
-                ),
-                "path": self.path,
-                "transport": self.transport,
-                "last_error": self.last_error,
-                "connects": self.counters["connects"],
-                "disconnects": self.counters["disconnects"],
-                "connect_failures": self.counters["connect_failures"],
-                "errors": self.counters["errors"],
-            },
-            "last_heartbeat_age": age(self.last_heartbeat_at),
-            "last_message_age": age(self.last_message_at),
-            "detector": detector,
-            "decoder": self.decoder.stats.as_dict(),
-            "throttle": {
-                "bytes": self.counters["throttled_bytes"],
-                "frames": self.counters["throttled_frames"],
-                "seconds": round(self.throttled_seconds, 3),
-            },
-            "notifications_queued": self.counters["notifications"],
-            "metrics": dict(self.metrics),
-        }

@@ -1,7 +1,9 @@
 """The ``iim-relay`` command: run the relay, or ask a running one for its status.
 
-Entry points stay thin: they read the configuration once, build the parts
-with plain values and hand them to :class:`host_relay.service.Relay`.
+Commands only parse and call: ``run`` reads the configuration and hands it to
+:func:`host_relay.service.serve` (composition and signal handling live
+there); ``status`` and ``requeue`` ask the running relay over its control
+socket and print the answer.
 """
 
 from __future__ import annotations
@@ -9,9 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import signal
 import sys
-import time
 from collections.abc import Iterable, Sequence
 from typing import Any, Optional
 
@@ -106,11 +106,12 @@ def run(config_files: Sequence[str], debug: bool) -> None:
     conf, settings = _load(config_files, to_run=True, debug=debug)
     from host_relay.control import ControlError
     from host_relay.limits import raise_nofile_limit
+    from host_relay.service import serve
 
     raise_nofile_limit()  # one descriptor per instance channel
 
     try:
-        asyncio.run(_run(conf, settings, relay_conf.detector_config_from(conf)))
+        asyncio.run(serve(conf, settings, relay_conf.detector_config_from(conf)))
     except ControlError as exc:  # another relay is running: no traceback needed
         LOG.error("%s", exc)
         click.echo(f"iim-relay: {exc}", err=True)
@@ -122,38 +123,6 @@ def run(config_files: Sequence[str], debug: bool) -> None:
         LOG.exception("iim-relay failed")
         click.echo(f"iim-relay: {exc}", err=True)
         sys.exit(1)
-
-
-async def _run(conf: Any, settings: Any, detector_config: dict[str, Any]) -> None:
-    from host_relay.conf.masakari import GROUP
-    from host_relay.masakari_client import client_from_conf
-    from host_relay.outbox_open import open_outbox
-    from host_relay.sender import Sender
-    from host_relay.service import Relay
-    from host_relay.systemd import notify, watchdog_interval
-
-    outbox = open_outbox(settings.state_path, settings.outbox_path)
-    d = settings.delivery
-    client = client_from_conf(conf, GROUP, read_timeout=d.request_timeout)
-    sender = Sender(outbox, client, backoff_initial=d.backoff_initial,
-                    backoff_max=d.backoff_max, jitter=d.jitter)
-    relay = Relay(settings, detector_config, outbox, sender,
-                  clock=time.monotonic, wall_clock=time.time,
-                  notify=notify, watchdog_interval=watchdog_interval())
-    shutdown = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, _on_signal, sig, shutdown)
-    try:
-        await relay.run(shutdown)
-    finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)
-
-
-def _on_signal(sig: int, shutdown: asyncio.Event) -> None:
-    LOG.info("Received %s; shutting down", signal.Signals(sig).name)
-    shutdown.set()
 
 
 @cli.command()
@@ -289,10 +258,23 @@ def format_status(snap: dict[str, Any]) -> str:
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         for r in rows:
             lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
-    ob = snap.get("outbox", {})
+    ob = snap.get("outbox") or {}
     oldest = _age(ob.get("oldest_queued_age"))
     lines += ["", f"Outbox: {ob.get('depth', '?')} queued, oldest {oldest}, "
               f"{ob.get('retrying', 0)} retrying, {ob.get('dead', '?')} dead letters"]
+    if ob.get("error"):
+        lines.append(f"  (as read {_age(ob.get('read_age'))} ago: {ob['error']})")
+    store = snap.get("store") or {}
+    if store.get("pending_notifications") or store.get("pending_records"):
+        lines.append(f"  not yet on disk: {store.get('pending_notifications')} notifications, "
+                     f"{store.get('pending_records')} detector records")
+    disk = store.get("disk_problem")
+    if disk:
+        lines += ["", f"OUTBOX NOT WRITABLE: {disk.get('path')}: {disk.get('error')} "
+                  f"({disk.get('errno_name')})",
+                  f"  fix: {disk.get('fix')}",
+                  f"  {store.get('sent_directly', 0)} notifications sent straight to Masakari "
+                  "meanwhile"]
     dead = snap.get("dead_letters")
     if isinstance(dead, list) and dead:
         lines += ["", "Dead letters (fix the cause, then `iim-relay requeue ID` or --all):"]

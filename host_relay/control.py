@@ -9,7 +9,7 @@ is checked with SO_PEERCRED: only root or the relay's own user may talk to it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import inspect
 import json
 import logging
 import os
@@ -23,7 +23,9 @@ MAX_REQUEST = 64 * 1024
 _UCRED = struct.Struct("3i")  # pid, uid, gid
 _CLIENT_TIMEOUT = 10.0
 
-Handler = Callable[[dict[str, Any]], dict[str, Any]]
+# A handler answers at once or is a coroutine function (the relay's: status reads the
+# outbox in a thread with a deadline, so the loop never waits for the disk).
+Handler = Callable[[dict[str, Any]], Any]
 
 
 class ControlError(RuntimeError):
@@ -96,8 +98,12 @@ class ControlServer:
         finally:
             server.close()
             self._sock = None
-            with contextlib.suppress(FileNotFoundError):
+            try:
                 os.unlink(self.path)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:  # a read-only state_path: the next relay replaces it
+                LOG.warning("Cannot remove the control socket %s: %s", self.path, exc)
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -128,7 +134,10 @@ class ControlServer:
         if not isinstance(request, dict):
             return {"error": "bad request: not a JSON object"}
         try:
-            return self._handler(request)
+            answer = self._handler(request)
+            if inspect.isawaitable(answer):
+                answer = await answer
+            return answer
         except Exception as exc:  # noqa: BLE001 - reported to the client and logged
             LOG.exception("Control request %r failed", request.get("cmd"))
             return {"error": f"{type(exc).__name__}: {exc}"}

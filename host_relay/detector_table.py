@@ -1,171 +1,150 @@
-"""The failure detector's states, inputs and its one transition table.
+"""The failure detector's one transition table: data only.
 
-Read ``host_relay/detector.py`` first: it holds the theory of operation and the
-handlers that the table names.  This module is data only, so the whole
-behaviour can be reviewed as one table.
+``TABLE[(state, input)] = (handler, destination)``.  The handler (a function
+from ``detector_rules``, or None) changes the facts; the destination is a
+:class:`State`, a guard function that picks the state from the facts, or None
+(stay).  A pair that is not in the table is an input that means nothing in
+that state: the detector ignores it (``Ignored(what, "in_<state>")``).
 
-``TABLE[(state, input)]`` is either a :class:`State` (a pure transition, no
-data changes) or the name of a ``Detector._on_<name>`` handler, which updates
-the detector's data and returns the next state (``None`` = stay).  A pair that
-is not in the table means the input is meaningless in that state: the
-detector ignores it and counts it (``iim_detector_ignored_total``).
+The guards: ``watch`` (the state the facts call for - cooldown, goodbye, open
+incident, not armed, pause, else armed - with the heartbeat timer fresh; the
+restore uses the same ``settle`` without the timer) and ``after_notify``
+(COOLDOWN, FAILED when storm-capped, else stay).
 """
 
 from __future__ import annotations
 
-import enum
-from typing import Union
+from typing import Optional, Union
 
+from host_relay.detector_inputs import Input
+from host_relay.detector_rules import (
+    Guard,
+    Handler,
+    State,
+    after_notify,
+    fresh_timer,
+    on_cooldown_expired,
+    on_domain_stop,
+    on_failure,
+    on_goodbye,
+    on_hang,
+    on_heartbeat,
+    on_hello,
+    on_pause,
+    on_pause_expired,
+    on_recovered,
+    on_resume,
+    on_start,
+    on_suppressed_failure,
+    watch,
+)
 
-class State(enum.Enum):
-    #: Not watching: no hello yet in this incarnation of the guest, or the
-    #: channel dropped.  A heartbeat after a reconnect re-arms if a previous
-    #: hello gave the interval; otherwise only a hello arms.
-    UNKNOWN = "unknown"
-    #: Watching heartbeats.  The hang timer runs only while the domain is
-    #: running and min_uptime after hello has passed.
-    ARMED = "armed"
-    #: All but the last allowed interval passed without a heartbeat.  Status
-    #: only: it never notifies by itself.
-    SUSPECT = "suspect"
-    #: A failure was found but not (or no longer) being recovered: the cooldown
-    #: is over or the storm cap dropped the notification.  Waits for evidence
-    #: that the incident is over: a hello, a heartbeat after a hang, or the
-    #: failed check recovering.
-    FAILED = "failed"
-    #: Masakari was notified and is recovering the instance: nothing notifies
-    #: until the cooldown ends.  Hello/goodbye/pause/recovery are recorded and
-    #: decide the state the cooldown ends in.
-    COOLDOWN = "cooldown"
-    #: The guest asked for a maintenance pause: no notifications until it ends
-    #: (timer) or the guest resumes.
-    PAUSED = "paused"
-    #: The agent said goodbye: the silence that follows is expected.  A hello
-    #: arms again.
-    DEPARTED = "departed"
+__all__ = ["TABLE", "WATCHING", "Input", "State"]
 
-
-class Input(enum.Enum):
-    # Messages from the guest: the value is the message's wire TYPE.
-    HELLO = "hello"
-    HEARTBEAT = "heartbeat"
-    FAILURE = "failure"
-    RECOVERED = "recovered"
-    GOODBYE = "goodbye"
-    PAUSE = "pause"
-    RESUME = "resume"
-    # The relay's socket to the guest's channel.
-    CONNECTED = "channel_connected"
-    CLOSED = "channel_closed"
-    # The domain's state from libvirt, folded into what matters here.
-    DOMAIN_UP = "domain_running"  # RUNNING/UNKNOWN after any other state
-    DOMAIN_HOLD = "domain_held"  # PAUSED or MIGRATING: the guest cannot (or may not) talk
-    DOMAIN_STOP = "domain_stopped"  # SHUTDOWN, SHUTOFF, CRASHED: this incarnation is over
-    # Timers, fed by tick() at their deadline.
-    LAST_INTERVAL = "last_interval"  # missed_heartbeats - 1 intervals silent
-    HANG_DEADLINE = "hang_deadline"  # missed_heartbeats intervals silent
-    PAUSE_EXPIRED = "pause_expired"
-    COOLDOWN_EXPIRED = "cooldown_expired"
-
-
-Handler = Union[State, str]
+Row = tuple[Optional[Handler], Union[State, Guard, None]]
 
 S = State
 I = Input  # noqa: E741 - short names keep the table one row per line
 
 # fmt: off
-TABLE: dict[tuple[State, Input], Handler] = {
-    # --- UNKNOWN: not watching -------------------------------------------------
-    (S.UNKNOWN, I.HELLO):            "arm",
-    (S.UNKNOWN, I.HEARTBEAT):        "rearm",      # only if an earlier hello gave the interval
-    (S.UNKNOWN, I.FAILURE):          "rearm",      # ... and then handles the message as ARMED would
-    (S.UNKNOWN, I.RECOVERED):        "rearm",
-    (S.UNKNOWN, I.PAUSE):            "rearm",
-    (S.UNKNOWN, I.RESUME):           "rearm",
-    (S.UNKNOWN, I.GOODBYE):          "depart",
-    (S.UNKNOWN, I.CONNECTED):        "noop",       # wait for the guest to speak
-    (S.UNKNOWN, I.CLOSED):           "noop",
-    (S.UNKNOWN, I.DOMAIN_UP):        "noop",
-    (S.UNKNOWN, I.DOMAIN_HOLD):      "noop",
-    (S.UNKNOWN, I.DOMAIN_STOP):      "end_incarnation",
-    # --- ARMED: watching heartbeats -------------------------------------------
-    (S.ARMED, I.HELLO):              "arm",        # agent restart/reconnect: min_uptime again
-    (S.ARMED, I.HEARTBEAT):          "beat",
-    (S.ARMED, I.FAILURE):            "failure",    # notifies (process_failure)
-    (S.ARMED, I.RECOVERED):          "recovered",
-    (S.ARMED, I.GOODBYE):            "depart",
-    (S.ARMED, I.PAUSE):              "pause",
-    # (S.ARMED, I.RESUME): ignored - not paused
-    (S.ARMED, I.CONNECTED):          "noop",
-    (S.ARMED, I.CLOSED):             "disarm",     # not a failure: QEMU restart, migration
-    (S.ARMED, I.DOMAIN_UP):          "fresh_timer",
-    (S.ARMED, I.DOMAIN_HOLD):        "noop",       # the hang timer stops (see _pending)
-    (S.ARMED, I.DOMAIN_STOP):        "end_incarnation",
-    (S.ARMED, I.LAST_INTERVAL):      S.SUSPECT,
-    (S.ARMED, I.HANG_DEADLINE):      "hang",       # when min_uptime set the deadline
-    # --- SUSPECT: one interval from a hang ------------------------------------
-    (S.SUSPECT, I.HELLO):            "arm",
-    (S.SUSPECT, I.HEARTBEAT):        "beat",       # back to ARMED
-    (S.SUSPECT, I.FAILURE):          "failure",
-    (S.SUSPECT, I.RECOVERED):        "recovered",
-    (S.SUSPECT, I.GOODBYE):          "depart",
-    (S.SUSPECT, I.PAUSE):            "pause",
-    # (S.SUSPECT, I.RESUME): ignored - not paused
-    (S.SUSPECT, I.CONNECTED):        "noop",
-    (S.SUSPECT, I.CLOSED):           "disarm",
-    (S.SUSPECT, I.DOMAIN_UP):        "fresh_timer",
-    (S.SUSPECT, I.DOMAIN_HOLD):      S.ARMED,      # timer restarts fresh on DOMAIN_UP
-    (S.SUSPECT, I.DOMAIN_STOP):      "end_incarnation",
-    (S.SUSPECT, I.HANG_DEADLINE):    "hang",       # notifies (guest_hang)
-    # --- PAUSED: maintenance announced by the guest ----------------------------
-    (S.PAUSED, I.HELLO):             "arm",        # cancels the pause (re-sent after hello)
-    (S.PAUSED, I.HEARTBEAT):         "beat",
-    (S.PAUSED, I.FAILURE):           "suppressed",
-    (S.PAUSED, I.RECOVERED):         "recovered",
-    (S.PAUSED, I.GOODBYE):           "depart",
-    (S.PAUSED, I.PAUSE):             "pause",      # replaces the end time (extend or shorten)
-    (S.PAUSED, I.RESUME):            "resume",
-    (S.PAUSED, I.CONNECTED):         "noop",
-    (S.PAUSED, I.CLOSED):            "disarm",     # the pause's end time is kept
-    (S.PAUSED, I.DOMAIN_UP):         "fresh_timer",
-    (S.PAUSED, I.DOMAIN_HOLD):       "noop",
-    (S.PAUSED, I.DOMAIN_STOP):       "end_incarnation",
-    (S.PAUSED, I.PAUSE_EXPIRED):     "pause_expired",
-    # --- COOLDOWN: Masakari is recovering the instance -------------------------
-    (S.COOLDOWN, I.HELLO):           "note_hello",  # came back: ARMED after the cooldown
-    (S.COOLDOWN, I.HEARTBEAT):       "incident_beat",
-    (S.COOLDOWN, I.FAILURE):         "suppressed",
-    (S.COOLDOWN, I.RECOVERED):       "incident_recovered",
-    (S.COOLDOWN, I.GOODBYE):         "note_goodbye",
-    (S.COOLDOWN, I.PAUSE):           "note_pause",
-    (S.COOLDOWN, I.RESUME):          "note_resume",
-    (S.COOLDOWN, I.CONNECTED):       "noop",
-    (S.COOLDOWN, I.CLOSED):          "noop",
-    (S.COOLDOWN, I.DOMAIN_UP):       "noop",
-    (S.COOLDOWN, I.DOMAIN_HOLD):     "noop",
-    (S.COOLDOWN, I.DOMAIN_STOP):     "forget_incarnation",
-    (S.COOLDOWN, I.COOLDOWN_EXPIRED): "cooldown_expired",
-    # --- FAILED: incident open, nobody recovering it ---------------------------
-    (S.FAILED, I.HELLO):             "arm",
-    (S.FAILED, I.HEARTBEAT):         "incident_beat",       # ends a hang incident
-    (S.FAILED, I.FAILURE):           "suppressed",
-    (S.FAILED, I.RECOVERED):         "incident_recovered",  # ends a process_failure incident
-    (S.FAILED, I.GOODBYE):           "depart",
-    (S.FAILED, I.PAUSE):             "note_pause",
-    (S.FAILED, I.RESUME):            "note_resume",
-    (S.FAILED, I.CONNECTED):         "noop",
-    (S.FAILED, I.CLOSED):            "noop",
-    (S.FAILED, I.DOMAIN_UP):         "noop",
-    (S.FAILED, I.DOMAIN_HOLD):       "noop",
-    (S.FAILED, I.DOMAIN_STOP):       "forget_incarnation",
-    # --- DEPARTED: the agent said goodbye --------------------------------------
-    (S.DEPARTED, I.HELLO):           "arm",
-    # heartbeat, failure, recovered, goodbye, pause, resume: ignored until hello
-    (S.DEPARTED, I.CONNECTED):       "noop",
-    (S.DEPARTED, I.CLOSED):          "noop",
-    (S.DEPARTED, I.DOMAIN_UP):       "noop",
-    (S.DEPARTED, I.DOMAIN_HOLD):     "noop",
-    (S.DEPARTED, I.DOMAIN_STOP):     "forget_incarnation",
+TABLE: dict[tuple[State, Input], Row] = {
+    # --- UNKNOWN: not armed (no interval, or the domain stopped) -----------------
+    (S.UNKNOWN, I.START):            (on_start, watch),
+    (S.UNKNOWN, I.HELLO):            (on_hello, watch),
+    (S.UNKNOWN, I.HEARTBEAT):        (on_heartbeat, watch),     # arms if an interval is known
+    (S.UNKNOWN, I.FAILURE):          (on_failure, after_notify),  # a failure needs no hello
+    (S.UNKNOWN, I.RECOVERED):        (on_recovered, None),
+    (S.UNKNOWN, I.GOODBYE):          (on_goodbye, S.DEPARTED),
+    (S.UNKNOWN, I.PAUSE):            (on_pause, None),          # held until armed
+    (S.UNKNOWN, I.RESUME):           (on_resume, None),
+    (S.UNKNOWN, I.CONNECTED):        (None, None),
+    (S.UNKNOWN, I.CLOSED):           (None, None),
+    (S.UNKNOWN, I.DOMAIN_UP):        (None, None),
+    (S.UNKNOWN, I.DOMAIN_HOLD):      (None, None),
+    (S.UNKNOWN, I.DOMAIN_STOP):      (on_domain_stop, None),
+    # --- ARMED: watching heartbeats ---------------------------------------------
+    (S.ARMED, I.START):              (on_start, watch),         # min_uptime again
+    (S.ARMED, I.HELLO):              (on_hello, None),          # periodic hello: nothing changes
+    (S.ARMED, I.HEARTBEAT):          (on_heartbeat, None),
+    (S.ARMED, I.FAILURE):            (on_failure, after_notify),
+    (S.ARMED, I.RECOVERED):          (on_recovered, None),
+    (S.ARMED, I.GOODBYE):            (on_goodbye, S.DEPARTED),
+    (S.ARMED, I.PAUSE):              (on_pause, S.PAUSED),
+    # (S.ARMED, I.RESUME): ignored, not paused
+    (S.ARMED, I.CONNECTED):          (fresh_timer, None),       # closed time is not silence
+    (S.ARMED, I.CLOSED):             (None, None),              # the timer holds until reconnected
+    (S.ARMED, I.DOMAIN_UP):          (fresh_timer, None),
+    (S.ARMED, I.DOMAIN_HOLD):        (None, None),              # the timer holds
+    (S.ARMED, I.DOMAIN_STOP):        (on_domain_stop, S.UNKNOWN),
+    (S.ARMED, I.LAST_INTERVAL):      (None, S.SUSPECT),
+    (S.ARMED, I.HANG_DEADLINE):      (on_hang, after_notify),   # when min_uptime set the deadline
+    # --- SUSPECT: one interval from a hang ---------------------------------------
+    (S.SUSPECT, I.START):            (on_start, watch),
+    (S.SUSPECT, I.HELLO):            (on_hello, S.ARMED),
+    (S.SUSPECT, I.HEARTBEAT):        (on_heartbeat, S.ARMED),
+    (S.SUSPECT, I.FAILURE):          (on_failure, after_notify),
+    (S.SUSPECT, I.RECOVERED):        (on_recovered, None),
+    (S.SUSPECT, I.GOODBYE):          (on_goodbye, S.DEPARTED),
+    (S.SUSPECT, I.PAUSE):            (on_pause, S.PAUSED),
+    (S.SUSPECT, I.CONNECTED):        (fresh_timer, S.ARMED),
+    (S.SUSPECT, I.CLOSED):           (None, S.ARMED),
+    (S.SUSPECT, I.DOMAIN_UP):        (fresh_timer, S.ARMED),
+    (S.SUSPECT, I.DOMAIN_HOLD):      (None, S.ARMED),
+    (S.SUSPECT, I.DOMAIN_STOP):      (on_domain_stop, S.UNKNOWN),
+    (S.SUSPECT, I.HANG_DEADLINE):    (on_hang, after_notify),   # notifies guest_hang
+    # --- PAUSED: the guest's maintenance pause ----------------------------------
+    (S.PAUSED, I.START):             (on_start, watch),         # the level that follows decides
+    (S.PAUSED, I.HELLO):             (on_hello, None),          # does NOT cancel the pause
+    (S.PAUSED, I.HEARTBEAT):         (on_heartbeat, None),
+    (S.PAUSED, I.FAILURE):           (on_suppressed_failure, None),
+    (S.PAUSED, I.RECOVERED):         (on_recovered, None),
+    (S.PAUSED, I.GOODBYE):           (on_goodbye, S.DEPARTED),
+    (S.PAUSED, I.PAUSE):             (on_pause, None),          # replaces the end
+    (S.PAUSED, I.RESUME):            (on_resume, watch),
+    (S.PAUSED, I.CONNECTED):         (None, None),
+    (S.PAUSED, I.CLOSED):            (None, None),
+    (S.PAUSED, I.DOMAIN_UP):         (fresh_timer, None),
+    (S.PAUSED, I.DOMAIN_HOLD):       (None, None),
+    (S.PAUSED, I.DOMAIN_STOP):       (on_domain_stop, S.UNKNOWN),
+    (S.PAUSED, I.PAUSE_EXPIRED):     (on_pause_expired, watch),
+    # --- COOLDOWN: Masakari is recovering the instance ------------------------------
+    (S.COOLDOWN, I.START):           (on_start, None),          # recovered: ends the incident
+    (S.COOLDOWN, I.HELLO):           (on_hello, None),
+    (S.COOLDOWN, I.HEARTBEAT):       (on_heartbeat, None),      # ends a hang incident
+    (S.COOLDOWN, I.FAILURE):         (on_suppressed_failure, None),
+    (S.COOLDOWN, I.RECOVERED):       (on_recovered, None),
+    (S.COOLDOWN, I.GOODBYE):         (on_goodbye, None),        # DEPARTED when the cooldown ends
+    (S.COOLDOWN, I.PAUSE):           (on_pause, None),          # honoured when the cooldown ends
+    (S.COOLDOWN, I.RESUME):          (on_resume, None),
+    (S.COOLDOWN, I.CONNECTED):       (None, None),
+    (S.COOLDOWN, I.CLOSED):          (None, None),
+    (S.COOLDOWN, I.DOMAIN_UP):       (None, None),
+    (S.COOLDOWN, I.DOMAIN_HOLD):     (None, None),
+    (S.COOLDOWN, I.DOMAIN_STOP):     (on_domain_stop, None),
+    (S.COOLDOWN, I.COOLDOWN_EXPIRED): (on_cooldown_expired, watch),
+    # --- FAILED: an incident is open and nobody recovers it ------------------------
+    (S.FAILED, I.START):             (on_start, watch),
+    (S.FAILED, I.HELLO):             (on_hello, watch),         # ends a hang incident
+    (S.FAILED, I.HEARTBEAT):         (on_heartbeat, watch),     # ends a hang incident
+    (S.FAILED, I.FAILURE):           (on_suppressed_failure, None),
+    (S.FAILED, I.RECOVERED):         (on_recovered, watch),     # ends a process_failure incident
+    (S.FAILED, I.GOODBYE):           (on_goodbye, S.DEPARTED),
+    (S.FAILED, I.PAUSE):             (on_pause, None),
+    (S.FAILED, I.RESUME):            (on_resume, None),
+    (S.FAILED, I.CONNECTED):         (None, None),
+    (S.FAILED, I.CLOSED):            (None, None),
+    (S.FAILED, I.DOMAIN_UP):         (None, None),
+    (S.FAILED, I.DOMAIN_HOLD):       (None, None),
+    (S.FAILED, I.DOMAIN_STOP):       (on_domain_stop, None),
+    # --- DEPARTED: the agent said goodbye ------------------------------------------
+    (S.DEPARTED, I.START):           (on_start, watch),
+    (S.DEPARTED, I.HELLO):           (on_hello, watch),
+    # heartbeat, failure, recovered, goodbye, pause, resume: ignored until it speaks up
+    (S.DEPARTED, I.CONNECTED):       (None, None),
+    (S.DEPARTED, I.CLOSED):          (None, None),
+    (S.DEPARTED, I.DOMAIN_UP):       (None, None),
+    (S.DEPARTED, I.DOMAIN_HOLD):     (None, None),
+    (S.DEPARTED, I.DOMAIN_STOP):     (on_domain_stop, None),
 }
 # fmt: on
 

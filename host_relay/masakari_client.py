@@ -175,55 +175,8 @@ def _describe(exc: BaseException) -> str:
 
 
 # -- configuration -------------------------------------------------------------------
-
-def client_opts() -> list:
-    """Options of the masakari group that keystoneauth does not define."""
-    from oslo_config import cfg
-
-    return [
-        cfg.StrOpt(
-            "noauth_token",
-            default=DEFAULT_NOAUTH_TOKEN,
-            secret=True,
-            help="X-Auth-Token sent when auth_type is 'none' (masakari-api with "
-            "auth_strategy = noauth2, which reads 'user:project' from it). "
-            "Ignored with any other auth_type.",
-        ),
-    ]
-
-
-def register_opts(conf: Any, group: str) -> None:
-    """Register keystoneauth auth/session/adapter options and ours under `group`.
-
-    Safe to call again for the same group.  The adapter's service_type defaults to
-    'instance-ha', so `[group] auth_type = password` plus the usual keystone options
-    (or `auth_type = none` and `endpoint = http://127.0.0.1:15868`) is enough.
-    """
-    ks_loading.register_session_conf_options(conf, group)
-    ks_loading.register_auth_conf_options(conf, group)
-    ks_loading.register_adapter_conf_options(conf, group, include_deprecated=False)
-    try:
-        conf.register_opts(client_opts(), group=group)
-    except Exception as exc:  # already defined differently (host_relay.conf.masakari)
-        if type(exc).__name__ != "DuplicateOptError":
-            raise
-    conf.set_default("service_type", SERVICE_TYPE, group=group)
-
-
-def list_opts() -> list:
-    """Options for oslo-config-generator (the password plugin's, as an example)."""
-    opts = (
-        ks_loading.get_session_conf_options()
-        + ks_loading.get_auth_common_conf_options()
-        + ks_loading.get_auth_plugin_conf_options("password")
-        + ks_loading.get_adapter_conf_options(include_deprecated=False)
-        + client_opts()
-    )
-    seen: dict[str, Any] = {}
-    for opt in opts:
-        seen.setdefault(opt.dest, opt)
-    return list(seen.values())
-
+# The [masakari] options (keystoneauth's plus noauth_token) are registered once, by
+# host_relay.conf.masakari; these helpers read them.
 
 def session_from_conf(conf: Any, group: str) -> ks_session.Session:
     """A keystoneauth Session from `[group]`: auth plugin plus TLS/timeout options."""

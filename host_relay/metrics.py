@@ -3,10 +3,12 @@
 How it works
 ------------
 Nothing on the relay's hot path changes for metrics.  At scrape time
-:class:`RelayCollector` asks the event loop for one plain :class:`Reading`
-(channel and detector state, decoder, throttle and heartbeat counters of
-every channel, the sender's counters, one ``Outbox.stats()`` query), so
-the values are never stale and never read half-updated.  Two histograms
+:class:`RelayCollector` asks the event loop for the relay's one status model
+(``Relay.status()``, host_relay.status: what ``iim-relay status`` shows) and
+turns it into a plain :class:`Reading`, so the values are never stale, never
+read half-updated, and never disagree with the control socket.  The outbox is
+read in its own thread with a deadline; a disk that does not answer makes the
+outbox gauges go missing, never the scrape hang.  Two histograms
 are the only thing observed as it happens: the detector's decision to the
 durable outbox entry (``ChannelConnection(on_queued=)``), and that entry to
 Masakari's answer (``Sender.on_delivered``).
@@ -41,7 +43,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 import iim_protocol
 from host_relay.backoff import Backoff, BackoffPolicy, retry
 from host_relay.channel import STATE_CONNECTED
-from host_relay.detector_table import State
+from host_relay.detector import State
 
 LOG = logging.getLogger(__name__)
 
@@ -72,7 +74,7 @@ class InstanceReading:
 
 @dataclasses.dataclass
 class Reading:
-    """What one scrape reports, copied out of the loop as plain values."""
+    """What one scrape reports, copied out of the status model as plain values."""
 
     host: str
     instances: list[InstanceReading]
@@ -81,45 +83,45 @@ class Reading:
     sender: dict[str, int]
     outbox: Optional[dict[str, Any]]  # None: the outbox could not be read
     restarts: dict[str, int]  # by part, every channel counted as "channel"
+    detectors: dict[str, dict[str, int]]  # notified/suppressed/ignored, by kind
+    store: Any  # host_relay.store.WriterStatus
 
 
-def read_relay(relay: Any) -> Reading:
-    """Copy what the metrics need out of ``relay``; call on the relay's loop.
-
-    Reads attributes and counters only (not ``Relay.snapshot()``, which asks
-    the outbox once per instance): cheap enough to run for every scrape.
-    """
+def reading_from(status: Any) -> Reading:
+    """The metrics' view of a :class:`host_relay.status.RelayStatus`."""
     instances = []
     rejected: collections.Counter[str] = collections.Counter()
     throttled = {"bytes": 0, "frames": 0}
-    for uuid, conn in relay.channels.items():
-        stats = conn.decoder.stats
-        state = getattr(conn.detector, "state", None)
+    for uuid, inst in status.instances.items():
+        if inst.channel is None:
+            continue  # known to libvirt only: no channel series
+        det = inst.detector
+        state = getattr(det, "state", None)
         instances.append(InstanceReading(
             uuid=uuid,
             detector_state=str(getattr(state, "value", state or "unknown")),
-            connected=conn.state == STATE_CONNECTED,
-            heartbeats=conn.counters["heartbeats"],
-            bytes_skipped=stats.bytes_skipped,
-            frames_rejected=stats.frames_rejected,
-            throttled_seconds=conn.throttled_seconds,
+            connected=inst.channel.state == STATE_CONNECTED,
+            heartbeats=inst.heartbeats,
+            bytes_skipped=inst.decoder.get("bytes_skipped", 0),
+            frames_rejected=inst.decoder.get("frames_rejected", 0),
+            throttled_seconds=inst.throttle.get("seconds", 0.0),
         ))
-        rejected.update(stats.rejected)
-        throttled["bytes"] += conn.counters["throttled_bytes"]
-        throttled["frames"] += conn.counters["throttled_frames"]
-    counters = getattr(relay.sender, "counters", None)
-    if dataclasses.is_dataclass(counters):
-        counters = dataclasses.asdict(counters)
-    try:
-        outbox = relay.outbox.stats(relay.wall_time())
-    except Exception:  # noqa: BLE001 - the other metrics are still worth serving
-        LOG.exception("Metrics: cannot read the outbox")
-        outbox = None
+        rejected.update(inst.decoder.get("rejected", {}))
+        throttled["bytes"] += inst.throttle.get("bytes", 0)
+        throttled["frames"] += inst.throttle.get("frames", 0)
+    outbox = None
+    if status.outbox is not None and status.outbox.error is None:
+        outbox = dataclasses.asdict(status.outbox)
     restarts: collections.Counter[str] = collections.Counter()
-    for part, count in relay.restarts.items():
+    for part, count in status.restarts.items():
         restarts["channel" if part.startswith("channel ") else part] += count
-    return Reading(relay.settings.host, instances, dict(rejected), throttled,
-                   dict(counters or {}), outbox, dict(restarts))
+    return Reading(status.host, instances, dict(rejected), throttled, dict(status.sender),
+                   outbox, dict(restarts), status.detectors, status.store)
+
+
+async def read_relay(relay: Any) -> Reading:
+    """Take a reading of ``relay``; run on the relay's loop."""
+    return reading_from(await relay.status())
 
 
 class RelayCollector:
@@ -131,10 +133,7 @@ class RelayCollector:
         self._queued = queued  # () -> notifications queued since start
 
     def _read(self) -> Reading:
-        async def on_loop() -> Reading:
-            return read_relay(self._relay)
-
-        future = asyncio.run_coroutine_threadsafe(on_loop(), self._loop)
+        future = asyncio.run_coroutine_threadsafe(read_relay(self._relay), self._loop)
         try:
             return future.result(READ_TIMEOUT)
         except concurrent.futures.TimeoutError:
@@ -231,12 +230,53 @@ def _host_families(r: Reading, queued: int) -> Iterator[Metric]:
         yield GaugeMetricFamily("iim_relay_outbox_dead_letters", "Notifications Masakari refused "
                                 "for good, kept until an operator re-queues them.",
                                 value=o["dead"])
+    yield from _detector_families(r)
+    yield from _store_families(r.store)
     restarts = CounterMetricFamily(
         "iim_relay_part_restarts", "Times a part of the relay crashed or stopped and was "
         "restarted (all channels count as part=\"channel\").", labels=["part"])
     for part, count in sorted(r.restarts.items()):
         restarts.add_metric([part], count)
     yield restarts
+
+
+def _detector_families(r: Reading) -> Iterator[Metric]:
+    helps = {
+        "notified": ("iim_relay_detector_notified", "Notifications the detectors decided, by "
+                     "kind, summed over the instances the relay has now.", "kind"),
+        "suppressed": ("iim_relay_detector_suppressed", "Failures the detectors did not notify, "
+                       "by why (cooldown, storm_cap, paused, open_incident, domain_*).", "why"),
+        "ignored": ("iim_relay_detector_ignored", "Inputs the detectors did not act on, by "
+                    "reason.", "reason"),
+    }
+    for key, (name, text, label) in helps.items():
+        family = CounterMetricFamily(name, text, labels=[label])
+        for value, count in sorted((r.detectors.get(key) or {}).items()):
+            family.add_metric([str(value)], count)
+        yield family
+
+
+def _store_families(store: Any) -> Iterator[Metric]:
+    if store is None:
+        return
+    pending = GaugeMetricFamily(
+        "iim_relay_pending_writes", "Notifications and detector records decided but not yet "
+        "on disk (the outbox write is under way or failing).", labels=["what"])
+    pending.add_metric(["notifications"], store.pending_notifications)
+    pending.add_metric(["records"], store.pending_records)
+    yield pending
+    problem = store.disk_problem
+    disk = GaugeMetricFamily(
+        "iim_relay_outbox_write_error", "1 while the outbox cannot be written, labelled with "
+        "the error (ENOSPC, EIO, EROFS, FROZEN, ...); see `iim-relay status` for the fix.",
+        labels=["error"])
+    disk.add_metric([problem.errno_name if problem else ""], 1 if problem else 0)
+    yield disk
+    yield CounterMetricFamily("iim_relay_outbox_write_failures", "Outbox commits that failed "
+                              "and were retried.", value=store.commit_failures)
+    yield CounterMetricFamily("iim_relay_sent_directly", "Notifications sent straight to "
+                              "Masakari because the outbox could not be written in time.",
+                              value=store.sent_directly)
 
 
 def _stop_late_server(start: asyncio.Future) -> None:

@@ -21,19 +21,29 @@ Durability settings, and why:
 - ``busy_timeout = 5000``: another process (``iim-relay status``, an operator's
   ``sqlite3``) holding a lock briefly makes us wait instead of failing.
 
+The same file holds each detector's durable record (``detector_state``, one
+row per instance, JSON): :meth:`Outbox.commit` writes notifications and the
+records that came with them in ONE transaction, so a decision and the state
+that remembers it are on disk together or not at all.  Commits run in the
+relay's writer thread (host_relay.writer), never on the event loop.
+
 The schema carries a version in ``PRAGMA user_version``; opening a file written
-by a newer relay fails with a clear message instead of guessing.
+by a newer relay fails with a clear message instead of guessing.  Version 1
+files (no records, no tokens) are upgraded in place.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime
+import json
 import sqlite3
 import threading
-from typing import Optional
+import uuid
+from collections.abc import Iterable, Mapping
+from typing import Any, Optional
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%f"  # what Masakari's generated_time expects, in UTC
 STATES = ("queued", "delivered", "dead")
 KEEP_DELIVERED = 1000  # delivered rows kept for `status`/debugging; older ones are pruned
@@ -59,6 +69,17 @@ CREATE TABLE IF NOT EXISTS outbox (
 CREATE INDEX IF NOT EXISTS outbox_queued ON outbox (state, next_attempt_at, id);
 CREATE INDEX IF NOT EXISTS outbox_instance ON outbox (instance_uuid, id);
 """
+# Version 2: a token per notification (the writer's identity for it before it has
+# a row id; see host_relay.writer) and the detectors' durable records.
+_SCHEMA_2 = """
+ALTER TABLE outbox ADD COLUMN token TEXT;
+CREATE UNIQUE INDEX IF NOT EXISTS outbox_token ON outbox (token);
+CREATE TABLE IF NOT EXISTS detector_state (
+    instance_uuid TEXT PRIMARY KEY,
+    record        TEXT NOT NULL,
+    updated_at    REAL NOT NULL
+);
+"""
 
 
 class OutboxError(Exception):
@@ -81,14 +102,37 @@ class Entry:
     last_error: str
     notification_uuid: Optional[str]
     finished_at: Optional[float] = None  # when it was delivered or dead-lettered
+    token: Optional[str] = None  # set by the writer; None for rows of schema 1
 
-    def payload(self) -> dict:
-        """The VM notification payload; the reason is deliberately not in it."""
-        return {
-            "event": "LIFECYCLE",
-            "instance_uuid": self.instance_uuid,
-            "vir_domain_event": "STOPPED_FAILED",
-        }
+
+@dataclasses.dataclass(frozen=True)
+class NewEntry:
+    """A notification to insert; ``outcome`` set when it was already sent directly."""
+
+    token: str
+    instance_uuid: str
+    hostname: str
+    kind: str
+    reason: str
+    created_at: float  # wall clock of the detector's decision
+    # (state, last_status, notification_uuid, error, finished_at) when the writer
+    # had to send it straight to Masakari before the disk took it.
+    outcome: Optional[tuple[str, Optional[int], Optional[str], str, float]] = None
+
+    @property
+    def generated_time(self) -> str:
+        """As the row will say; the client builds a direct send's body from it."""
+        return format_time(self.created_at)
+
+
+def _token() -> str:
+    return uuid.uuid4().hex
+
+
+def _script(db: sqlite3.Connection, script: str) -> None:
+    for stmt in script.split(";"):
+        if stmt.strip():
+            db.execute(stmt)
 
 
 def format_time(ts: float) -> str:
@@ -131,10 +175,11 @@ class Outbox:
                     f"relay's {SCHEMA_VERSION}: run the newer iim-relay, or move the file "
                     "away after delivering what it holds"
                 )
+            if version < 1:
+                _script(db, _SCHEMA)
+            if version < 2:
+                _script(db, _SCHEMA_2)
             if version < SCHEMA_VERSION:
-                for stmt in _SCHEMA.split(";"):
-                    if stmt.strip():
-                        db.execute(stmt)
                 db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     class _Tx:
@@ -170,18 +215,47 @@ class Outbox:
 
     # -- writes ---------------------------------------------------------------
 
-    def put(self, instance_uuid: str, hostname: str, kind: str, reason: str, now: float) -> Entry:
+    def put(self, instance_uuid: str, hostname: str, kind: str, reason: str, now: float,
+            token: Optional[str] = None) -> Entry:
         """Queue a notification; it is committed (fsync'ed) when this returns."""
+        new = NewEntry(token or _token(), instance_uuid, hostname, kind, reason, now)
+        return self.commit([new], {}, now)[0]
+
+    def commit(self, entries: Iterable[NewEntry],
+               records: Mapping[str, Optional[Mapping[str, Any]]], now: float) -> list[Entry]:
+        """Insert ``entries`` and upsert ``records`` (None deletes) in ONE transaction.
+
+        Everything is on stable storage when this returns (WAL, synchronous=FULL);
+        if it raises, nothing was written.  An entry whose token is already in the
+        file (a retried commit that had in fact succeeded) is not inserted twice.
+        """
+        entries = list(entries)
         with self._tx() as db:
-            cur = db.execute(
-                "INSERT INTO outbox (instance_uuid, hostname, generated_time, kind, reason,"
-                " state, created_at, next_attempt_at) VALUES (?, ?, ?, ?, ?, 'queued', ?, ?)",
-                (instance_uuid, hostname, format_time(now), kind, reason or "", now, now),
-            )
-            row = db.execute(
-                "SELECT * FROM outbox WHERE id = ?", (cur.lastrowid,)
-            ).fetchone()
-        return self._entry(row)
+            for e in entries:
+                state, status, n_uuid, error, finished = e.outcome or (
+                    "queued", None, None, "", None)
+                db.execute(
+                    "INSERT OR IGNORE INTO outbox (token, instance_uuid, hostname,"
+                    " generated_time, kind, reason, state, attempts, created_at,"
+                    " next_attempt_at, last_status, last_error, notification_uuid, finished_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (e.token, e.instance_uuid, e.hostname, format_time(e.created_at), e.kind,
+                     e.reason or "", state, 0 if e.outcome is None else 1, e.created_at,
+                     e.created_at, status, error, n_uuid, finished),
+                )
+            for inst, record in records.items():
+                if record is None:
+                    db.execute("DELETE FROM detector_state WHERE instance_uuid = ?", (inst,))
+                else:
+                    db.execute(
+                        "INSERT INTO detector_state (instance_uuid, record, updated_at)"
+                        " VALUES (?, ?, ?) ON CONFLICT (instance_uuid) DO UPDATE SET"
+                        " record = excluded.record, updated_at = excluded.updated_at",
+                        (inst, json.dumps(record, sort_keys=True), now),
+                    )
+            rows = [db.execute("SELECT * FROM outbox WHERE token = ?", (e.token,)).fetchone()
+                    for e in entries]
+        return [self._entry(r) for r in rows]
 
     def mark_delivered(
         self, entry_id: int, status: int, notification_uuid: Optional[str], now: float
@@ -256,14 +330,19 @@ class Outbox:
         return rows[0][0]
 
     def stats(self, now: float) -> dict:
-        rows = self._query(
+        with self._lock:
+            return self.stats_from(self._db, now)
+
+    @staticmethod
+    def stats_from(db: sqlite3.Connection, now: float) -> dict:
+        """Queue depth and friends, read through ``db`` (any connection to the file)."""
+        depth, oldest, dead, delivered, retrying = db.execute(
             "SELECT"
             " SUM(state = 'queued'), MIN(CASE WHEN state = 'queued' THEN created_at END),"
             " SUM(state = 'dead'), SUM(state = 'delivered'),"
             " SUM(state = 'queued' AND attempts > 0)"
             " FROM outbox"
-        )
-        depth, oldest, dead, delivered, retrying = rows[0]
+        ).fetchone()
         return {
             "depth": depth or 0,
             "oldest_queued_age": max(0.0, now - oldest) if oldest is not None else 0.0,
@@ -293,6 +372,21 @@ class Outbox:
     def get(self, entry_id: int) -> Optional[Entry]:
         rows = self._query("SELECT * FROM outbox WHERE id = ?", (entry_id,))
         return self._entry(rows[0]) if rows else None
+
+    def records(self) -> dict[str, dict[str, Any]]:
+        """Every stored detector record (JSON as written), by instance uuid.
+
+        A row that is not valid JSON comes back as ``{}``, which the record's
+        ``from_json`` rejects: the caller logs it and starts that detector fresh.
+        """
+        out: dict[str, dict[str, Any]] = {}
+        for row in self._query("SELECT instance_uuid, record FROM detector_state"):
+            try:
+                value = json.loads(row[1])
+            except ValueError:
+                value = None
+            out[row[0]] = value if isinstance(value, dict) else {}
+        return out
 
     def close(self) -> None:
         with self._lock:

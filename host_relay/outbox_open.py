@@ -202,9 +202,10 @@ def _salvage(path: str, damage: str, now: float) -> Outbox:
             f"salvages it), {_FIX_PLACE}") from None
     LOG.error(
         "The outbox %s was damaged (%s); it is kept as %s for inspection. Recovered %d "
-        "pending and %d dead-lettered notifications into a new outbox (read with %s; %d "
-        "delivered rows not carried over, %d damaged rows skipped). Pending ones are sent "
-        "now; check `iim-relay status` and Masakari for notifications that may be missing",
-        path, damage, kept, carried["queued"], carried["dead"], found.how,
+        "pending and %d dead-lettered notifications and %d detector records into a new "
+        "outbox (read with %s; %d delivered rows not carried over, %d damaged rows "
+        "skipped). Pending ones are sent now; check `iim-relay status` and Masakari for "
+        "notifications that may be missing",
+        path, damage, kept, carried["queued"], carried["dead"], carried["records"], found.how,
         carried["delivered"], found.skipped + carried["invalid"])
     return outbox

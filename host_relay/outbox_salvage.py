@@ -43,6 +43,10 @@ MAX_PROBES = 100_000  # ids looked up one by one in the gap the passes left
 COLUMNS = ("id", "instance_uuid", "hostname", "generated_time", "kind", "reason", "state",
            "attempts", "created_at", "next_attempt_at", "last_status", "last_error",
            "notification_uuid", "finished_at")
+# Schema 2 (host_relay.outbox): the writer's token per notification, which the
+# sender needs to never POST a notification twice, and the detectors' records.
+TOKEN = "token"  # noqa: S105 - a column name, not a secret
+MAX_RECORD_CHARS = 64 * 1024  # one detector record is a few hundred bytes of JSON
 _RANK = {"queued": 0, "dead": 1, "delivered": 2}
 _UUID_RE = re.compile(r"^[0-9a-fA-F-]{32,36}$")
 _SCHEMA_TEXT = b"CREATE TABLE outbox"
@@ -59,6 +63,8 @@ class Found:
     rows: dict[int, dict[str, Any]]  # by id: whole, valid outbox rows
     how: str  # which readers found something
     skipped: int = 0  # rows that were read but are not whole outbox rows
+    # instance uuid -> (record JSON, updated_at): the detectors' durable state (schema 2)
+    records: dict[str, tuple[str, float]] = dataclasses.field(default_factory=dict)
 
 
 def head(path: str, size: int = 16) -> bytes:
@@ -134,8 +140,9 @@ def recover(damaged: str) -> Found:
         except sqlite3.Error as exc:
             LOG.info("Outbox salvage: sqlite cannot read the copy: %s", exc)
             rows, skipped = {}, 0
+        records = _read_records(copy)
     how = f"sqlite on a copy{' with ' + ', '.join(repairs) + ' repaired' if repairs else ''}"
-    return Found(rows, how, skipped)
+    return Found(rows, how, skipped, records)
 
 
 def _repair_header(copy: str) -> list[str]:
@@ -205,10 +212,11 @@ def _read(copy: str) -> tuple[dict[int, dict[str, Any]], int]:
         db.execute("PRAGMA cell_size_check = ON")
         rows: dict[int, dict[str, Any]] = {}
         bad: set[tuple] = set()
-        cols = ", ".join(COLUMNS)
+        columns = COLUMNS + ((TOKEN,) if _has_token(db) else ())
+        cols = ", ".join(columns)
 
         def take(row: tuple) -> None:
-            item = dict(zip(COLUMNS, row))
+            item = dict(zip(columns, row))
             if _valid(item):
                 _merge(rows, item)
             else:
@@ -233,6 +241,39 @@ def _read(copy: str) -> tuple[dict[int, dict[str, Any]], int]:
         db.close()
 
 
+def _has_token(db: sqlite3.Connection) -> bool:
+    try:
+        db.execute(f"SELECT {TOKEN} FROM outbox LIMIT 0")  # noqa: S608
+    except sqlite3.DatabaseError:
+        return False  # schema 1, or the schema is unreadable (then nothing reads anyway)
+    return True
+
+
+def _read_records(copy: str) -> dict[str, tuple[str, float]]:
+    """The detectors' records that still read whole; the relay's restore checks each one."""
+    found: dict[str, tuple[str, float]] = {}
+    try:
+        db = sqlite3.connect(copy, isolation_level=None)
+    except sqlite3.Error:
+        return found
+    try:
+        db.execute("PRAGMA query_only = ON")
+        for order in ("ASC", "DESC"):  # each pass ends at the first damaged page
+            try:
+                for uuid, record, updated in db.execute(
+                        "SELECT instance_uuid, record, updated_at FROM detector_state "  # noqa: S608
+                        f"ORDER BY instance_uuid {order}"):
+                    if (isinstance(uuid, str) and _UUID_RE.match(uuid)
+                            and isinstance(record, str) and len(record) <= MAX_RECORD_CHARS
+                            and isinstance(updated, (int, float))):
+                        found[uuid] = (record, float(updated))
+            except sqlite3.DatabaseError:
+                continue
+    finally:
+        db.close()
+    return found
+
+
 def _gap(db: sqlite3.Connection, rows: dict[int, dict[str, Any]]) -> list[int]:
     """Ids not read yet, up to the highest id ever given out, nearest the damage first."""
     top = max(rows, default=0)
@@ -248,7 +289,8 @@ def _gap(db: sqlite3.Connection, rows: dict[int, dict[str, Any]]) -> list[int]:
 
 def _valid(row: dict[str, Any]) -> bool:
     return (
-        set(row) == set(COLUMNS)
+        set(row) - {TOKEN} == set(COLUMNS)
+        and (row.get(TOKEN) is None or isinstance(row[TOKEN], str))
         and isinstance(row["id"], int) and row["id"] > 0
         and isinstance(row["instance_uuid"], str) and bool(_UUID_RE.match(row["instance_uuid"]))
         and all(isinstance(row[k], str) for k in ("hostname", "generated_time", "kind",
@@ -270,14 +312,18 @@ def _merge(rows: dict[int, dict[str, Any]], row: dict[str, Any]) -> None:
 
 def carry_over(path: str, found: Found, now: float) -> dict[str, int]:
     """Insert the pending and dead rows into the fresh outbox at ``path``; counts by state."""
-    counts = {"queued": 0, "dead": 0, "delivered": 0, "invalid": 0}
+    counts = {"queued": 0, "dead": 0, "delivered": 0, "invalid": 0, "records": 0}
     db = sqlite3.connect(path, isolation_level=None)
     try:
         have = {r[1] for r in db.execute("PRAGMA table_info(outbox)")}
-        cols = [c for c in COLUMNS if c in have]
         db.execute("BEGIN IMMEDIATE")
+        for uuid, (record, updated) in sorted(found.records.items()):
+            db.execute("INSERT OR REPLACE INTO detector_state (instance_uuid, record, "
+                       "updated_at) VALUES (?, ?, ?)", (uuid, record, updated))
+            counts["records"] += 1
         for entry_id in sorted(found.rows):
             row = dict(found.rows[entry_id])
+            cols = [c for c in (*COLUMNS, TOKEN) if c in have and c in row]
             if row["state"] == "delivered":
                 counts["delivered"] += 1
                 continue

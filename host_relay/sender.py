@@ -14,7 +14,12 @@ connection refused, timeouts           jitter, without limit: never dropped
 
 The :class:`Sender` task sleeps on an :class:`asyncio.Event` until the next
 entry is due (``Outbox.next_due_at``) or :meth:`Sender.wake` is called after a
-``put()``; it never polls.  A dead-lettered entry stays in the outbox
+``put()``; it never polls.  Its outbox calls run in its own thread
+(host_relay.offloop), so a slow or frozen disk holds delivery back but never
+the event loop.  Before posting an entry it asks the writer
+(``direct_results``, host_relay.store) whether that notification was already
+sent straight to Masakari while the disk was broken: then it records that
+answer instead of posting a second time.  A dead-lettered entry stays in the outbox
 (``state = 'dead'``, listed in ``iim-relay status``) until an operator
 re-queues it (``iim-relay requeue``).
 """
@@ -27,14 +32,17 @@ import enum
 import logging
 import random
 import re
+import sqlite3
 import time
 from typing import Any, Callable, Optional
 
 from host_relay.masakari_client import Result
+from host_relay.offloop import Worker
 from host_relay.outbox import Entry, Outbox
 
 LOG = logging.getLogger(__name__)
 
+_DEFERRED_RECHECK = 0.5  # seconds: an entry held back while the writer sends it directly
 _HOST_NOT_FOUND = re.compile(r"Host with name (?P<host>.+?) could not be found", re.I)
 
 
@@ -148,6 +156,7 @@ class Sender:
         rng: Optional[random.Random] = None,
         batch: int = 50,
         on_delivered: Optional[Callable[[Entry, float], None]] = None,
+        direct_results: Any = None,  # host_relay.store.StoreWriter, or None
     ):
         self.outbox = outbox
         self.client = client
@@ -161,7 +170,12 @@ class Sender:
         # Called with (entry, seconds from put() to Masakari's answer) on every
         # delivery, duplicates included: the relay's metrics observe latency here.
         self.on_delivered = on_delivered
-        self.last_verdict: Optional[Verdict] = None
+        self.direct_results = direct_results
+        self._worker = Worker("outbox-sender")
+        self._db_error: Optional[str] = None  # the outbox failed; logged once per run
+        # Masakari's answers not yet recorded on their row (the disk failed): recorded
+        # on the next try instead of posting the entry a second time.
+        self._answered: dict[int, Result] = {}
         self._wake = asyncio.Event()
         self._failing = False  # the last attempt failed transiently (API down?)
 
@@ -175,27 +189,50 @@ class Sender:
         spread = base * self.jitter
         return max(0.0, base + self.rng.uniform(-spread, spread))
 
+    def _db(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future:
+        return self._worker.call(fn, *args)
+
     async def run(self, stop_event: asyncio.Event) -> None:
-        LOG.info("masakari sender started (%s queued)", self.outbox.stats(self.clock())["depth"])
+        try:
+            await self._run(stop_event)
+        finally:
+            self._worker.close()
+
+    async def _run(self, stop_event: asyncio.Event) -> None:
+        LOG.info("masakari sender started")
         while not stop_event.is_set():
             # Clear before looking: a wake() after the query below is not lost.
             self._wake.clear()
             try:
-                due = self.outbox.due(self.clock(), self.batch)
+                due = await self._db(self.outbox.due, self.clock(), self.batch)
+                deferred = False
                 for entry in due:
                     if stop_event.is_set():
                         break
-                    await self.send_one(entry)
-                if due:
+                    if await self.send_one(entry) is None:
+                        deferred = True
+                if due and not deferred:
                     continue
-                next_at = self.outbox.next_due_at()
-            except Exception:
-                # sqlite trouble (disk full, I/O error): log it and try again later;
-                # entries stay where they were, so nothing is lost.
+                next_at = await self._db(self.outbox.next_due_at)
+                if deferred:  # a direct send is under way: look again shortly
+                    next_at = self.clock() + _DEFERRED_RECHECK
+            except Exception as exc:  # noqa: BLE001 - sqlite trouble (disk full, I/O error)
+                # Entries stay where they were, so nothing is lost; an answer Masakari
+                # gave is kept in memory until it is recorded (see send_one).
                 self.counters.errors += 1
-                LOG.exception("outbox error in the masakari sender; retrying in %s s",
-                              self.backoff_max)
+                if self._db_error is None:
+                    LOG.error("masakari sender cannot use the outbox %s: %s: %s; retrying "
+                              "every %s s (the writer's status says what to fix)",
+                              self.outbox.path, type(exc).__name__, exc, self.backoff_max,
+                              exc_info=not isinstance(exc, (sqlite3.Error, OSError)))
+                else:
+                    LOG.debug("masakari sender: outbox still failing: %s", exc)
+                self._db_error = f"{type(exc).__name__}: {exc}"
                 next_at = self.clock() + self.backoff_max
+            else:
+                if self._db_error is not None:
+                    LOG.info("masakari sender can use the outbox again")
+                    self._db_error = None
             timeout = None if next_at is None else max(0.0, next_at - self.clock())
             await self._wait(stop_event, timeout)
         LOG.info("masakari sender stopped")
@@ -210,17 +247,39 @@ class Sender:
                 w.cancel()
             await asyncio.gather(*waiters, return_exceptions=True)
 
-    async def send_one(self, entry: Entry) -> Verdict:
-        try:
-            result = await asyncio.to_thread(self.client.post_notification, entry)
-        except Exception as exc:  # the client should not raise; never let it kill us
-            result = Result(None, "", None, f"{type(exc).__name__}: {exc}")
+    async def send_one(self, entry: Entry) -> Optional[Verdict]:
+        """Post ``entry`` and record the outcome; None when it must wait (see below)."""
+        known = None
+        if self.direct_results is not None:
+            known = self.direct_results.direct_result(entry.token)
+            if known is not None and not isinstance(known, Result):
+                return None  # being sent straight to Masakari right now: never twice
+        if entry.id in self._answered:
+            result = self._answered[entry.id]  # answered before; only the record failed
+        elif isinstance(known, Result):
+            result = known  # sent while the disk was broken: record, do not post again
+            LOG.info("failure of instance %s (%s) was sent straight to Masakari while the "
+                     "outbox could not be written; recording that answer", entry.instance_uuid,
+                     entry.kind)
+        else:
+            try:
+                result = await asyncio.to_thread(self.client.post_notification, entry)
+            except Exception as exc:  # the client should not raise; never let it kill us
+                result = Result(None, "", None, f"{type(exc).__name__}: {exc}")
+        self._answered[entry.id] = result
+        verdict = await self._record(entry, result)
+        self._answered.pop(entry.id, None)
+        if isinstance(known, Result):
+            self.direct_results.settled(entry.token)
+        return verdict
+
+    async def _record(self, entry: Entry, result: Result) -> Verdict:
         verdict = classify(result, entry.hostname)
-        self.last_verdict = verdict
         now = self.clock()
         attempts = entry.attempts + 1
         if verdict.action is Action.DELIVERED:
-            self.outbox.mark_delivered(entry.id, result.status, result.notification_uuid, now)
+            await self._db(self.outbox.mark_delivered, entry.id, result.status,
+                           result.notification_uuid, now)
             self.counters.delivered += 1
             if verdict.duplicate:
                 self.counters.duplicates += 1
@@ -240,11 +299,11 @@ class Sender:
             if self._failing:
                 # The API answers again: try everything that was backing off now.
                 self._failing = False
-                moved = self.outbox.retry_now(now)
+                moved = await self._db(self.outbox.retry_now, now)
                 if moved:
                     LOG.info("masakari-api reachable again: retrying %s queued now", moved)
         elif verdict.action is Action.DEAD:
-            self.outbox.mark_dead(entry.id, result.status, verdict.message, now)
+            await self._db(self.outbox.mark_dead, entry.id, result.status, verdict.message, now)
             self.counters.dead += 1
             LOG.error(
                 "NOT delivered, dead-lettered: failure of instance %s (%s: %s) on host %s: %s",
@@ -254,12 +313,12 @@ class Sender:
             self._failing = True
             delay = self.backoff(attempts)
             next_at = now + delay
-            self.outbox.mark_retry(entry.id, result.status, verdict.message, next_at)
+            await self._db(self.outbox.mark_retry, entry.id, result.status, verdict.message,
+                           next_at)
             self.counters.retries += 1
             LOG.warning(
                 "could not deliver failure of instance %s (attempt %s): %s; next try in "
-                "%.1f s (%s queued, kept until delivered)",
+                "%.1f s (kept until delivered)",
                 entry.instance_uuid, attempts, verdict.message, delay,
-                self.outbox.stats(now)["depth"],
             )
         return verdict

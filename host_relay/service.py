@@ -1,108 +1,50 @@
-"""The running relay: discovery, one channel per instance, the sender, the control socket.
+"""The running relay: discovery, one channel per instance, the writer, the sender, control.
 
 :class:`Relay` wires the pieces together under a small :class:`Supervisor`
 (asyncio.TaskGroup needs Python 3.11; the relay supports 3.10): every part is
 a named task, a part that crashes is logged and restarted with backoff, and
 nothing one part does can stop the others.  ``run(shutdown)`` returns after
 ``shutdown`` is set and the relay has stopped in a fixed, logged order.
+
+Instances live in one :class:`~host_relay.instances.InstanceTable`.  At start
+the detectors' stored records are read back (host_relay.store) and each
+detector is restored from its record when its instance's channel appears.
+Every detector output goes through :meth:`Relay.carry_out`: rendered into
+log lines (host_relay.render), and notifications plus records handed to the
+:class:`~host_relay.store.StoreWriter`, which reports a notification, and
+wakes the sender, only once it is on disk.
+
+:func:`serve` is what ``iim-relay run`` calls: it composes the relay from the
+configuration, installs the signal handlers and runs it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
-import os
+import signal
 import time
-from collections.abc import Awaitable
 from typing import Any, Callable, Optional
 
 import iim_protocol
+from host_relay import fallback, render, status
 from host_relay.channel import ChannelConnection
 from host_relay.control import ControlServer
 from host_relay.discovery import Discovery
 from host_relay.domains import ORIGIN_SOCKET_DIR
+from host_relay.instances import SOURCE_LIBVIRT, SOURCE_SOCKET_DIR, Instance, InstanceTable
+from host_relay.offloop import Worker
 from host_relay.settings import RelaySettings
+from host_relay.store import StoreWriter, restore_records
+from host_relay.supervisor import Supervisor
 from host_relay.transports import transport_for
 
 LOG = logging.getLogger(__name__)
 
-_RESTART_INITIAL = 1.0
-_RESTART_MAX = 30.0
-_RESTART_STABLE = 60.0  # a part that ran this long restarts from the initial delay
 _MAX_REQUEUE = 1000  # entries per requeue request: one answer line stays small
 _FORGET_DETECTOR_AFTER = 3600.0  # without a notification window in the detector config
-
-
-class Supervisor:
-    """Named tasks that are restarted with backoff when they crash or return."""
-
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self._clock = clock
-        self._tasks: dict[str, asyncio.Task] = {}
-        self.restarts: dict[str, int] = {}
-        self._stopping: set[asyncio.Task] = set()
-
-    def spawn(self, name: str, factory: Callable[[], Awaitable[None]]) -> None:
-        if name in self._tasks:
-            raise ValueError(f"{name} is already running")
-        self._tasks[name] = asyncio.get_running_loop().create_task(
-            self._keep(name, factory), name=name
-        )
-
-    async def _keep(self, name: str, factory: Callable[[], Awaitable[None]]) -> None:
-        delay = _RESTART_INITIAL
-        while True:
-            started = self._clock()
-            try:
-                await factory()
-                if asyncio.current_task() in self._stopping:
-                    return  # it was asked to stop, and did
-                LOG.error("%s stopped on its own; restarting it in %.1fs", name, delay)
-            except Exception:  # noqa: BLE001 - the supervisor's job: log and restart
-                if asyncio.current_task() in self._stopping:
-                    LOG.exception("%s failed while stopping", name)
-                    return
-                LOG.exception("%s crashed; restarting it in %.1fs", name, delay)
-            self.restarts[name] = self.restarts.get(name, 0) + 1
-            if self._clock() - started >= _RESTART_STABLE:
-                delay = _RESTART_INITIAL
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, _RESTART_MAX)
-
-    def running(self, name: str) -> bool:
-        return name in self._tasks
-
-    async def stop(self, name: str, timeout: Optional[float] = None) -> bool:
-        """Cancel ``name``, or first wait up to ``timeout`` for it to end by itself.
-
-        Returns False if it had to be cancelled after waiting.
-        """
-        task = self._tasks.pop(name, None)
-        if task is None:
-            return True
-        done = True
-        self._stopping.add(task)
-        try:
-            if timeout is not None:
-                finished, _ = await asyncio.wait({task}, timeout=timeout)
-                done = bool(finished)
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-        finally:
-            self._stopping.discard(task)
-        return done
-
-    async def stop_matching(self, prefix: str) -> int:
-        names = [n for n in self._tasks if n.startswith(prefix)]
-        tasks = [self._tasks.pop(n) for n in names]
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        return len(tasks)
-
-    async def stop_all(self) -> None:
-        await self.stop_matching("")
+_FORGET_EVERY = 60.0  # seconds between sweeps of instances gone long enough
+_FLUSH_TIMEOUT = 5.0  # shutdown: pending writes get this long
 
 
 class Relay:
@@ -117,42 +59,39 @@ class Relay:
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         *,
-        detector_factory: Optional[Callable[[str, Any, float], Any]] = None,
+        detector_factory: Optional[Callable[..., Any]] = None,
+        record_type: Any = None,
+        writer: Optional[StoreWriter] = None,
+        fallback_path: Optional[str] = None,
         notify: Optional[Callable[[str], Any]] = None,
         watchdog_interval: Optional[float] = None,
     ) -> None:
-        if detector_factory is None:
-            from host_relay.detector import Detector, DetectorConfig
+        from host_relay.detector import Detector, DetectorConfig, DetectorRecord
 
-            if isinstance(detector_config, dict):
-                detector_config = DetectorConfig(**detector_config)
-            detector_factory = Detector
+        if isinstance(detector_config, dict):
+            detector_config = DetectorConfig(**detector_config)
         self.settings = settings
         self._detector_config = detector_config
-        self._detector_factory = detector_factory
+        self._detector_factory = detector_factory or Detector
+        self._record_type = record_type or DetectorRecord
         self.outbox = outbox
         self.sender = sender
         self._clock = clock
         self._wall_clock = wall_clock
-        self.channels: dict[str, ChannelConnection] = {}
-        # Detectors outlive their channel: QEMU re-creates the socket when
-        # Masakari restarts the instance, and the cooldown and restart-storm
-        # history must survive that.  A detector whose socket has been gone for
-        # a whole notification window is forgotten (bounded memory).
-        self._detectors: dict[str, Any] = {}
-        self._gone_since: dict[str, float] = {}
-        window = (detector_config.get("notification_window")
-                  if isinstance(detector_config, dict)
-                  else getattr(detector_config, "notification_window", None))
-        self._forget_after = float(window or _FORGET_DETECTOR_AFTER)
+        window = getattr(detector_config, "notification_window", None)
+        self.instances = InstanceTable(float(window or _FORGET_DETECTOR_AFTER))
+        self.writer = writer or StoreWriter(outbox, getattr(sender, "client", None),
+                                            clock=clock, wall_clock=wall_clock,
+                                            fallback_path=fallback_path)
+        self._fallback_path = fallback_path
+        if getattr(sender, "direct_results", False) is None:
+            sender.direct_results = self.writer
+        self._view = status.OutboxView(outbox.path, wall_clock)
+        self._outputs = render.OutputHandler(self.writer, sender, settings.host, clock=clock,
+                                             wall_clock=wall_clock)
+        self._ops = Worker("outbox-ops")  # restore, requeue, close: never on the loop
         self._supervisor = Supervisor(clock)
         self._discovery: Optional[Discovery] = None
-        # Who says where each instance's channel is: "socket_dir" (discovery) and
-        # "libvirt" (the DomainWatcher), each (path, origin).  One ChannelConnection
-        # per instance; libvirt's claim wins.  Domain states come from libvirt only.
-        self._claims: dict[str, dict[str, tuple[str, str]]] = {}
-        self._origins: dict[str, str] = {}
-        self._domain_states: dict[str, Any] = {}
         self._libvirt: Any = None
         self.socket_dir_problem: Optional[str] = None
         self._control = ControlServer(settings.control_socket, self.handle_request)
@@ -167,11 +106,17 @@ class Relay:
             self.metrics = RelayMetrics(settings.metrics.address)
             if getattr(sender, "on_delivered", False) is None:
                 sender.on_delivered = self.metrics.observe_delivery
-        # systemd (host_relay.systemd): READY=1 once the outbox is open and the
-        # channel directory scanned, WATCHDOG=1 from this loop, STOPPING=1.
+            self._outputs.observe_queued = self.metrics.observe_queued
+        # systemd (host_relay.systemd): READY=1 once the outbox is open, the stored
+        # records read and the channel directory scanned; WATCHDOG=1; STOPPING=1.
         self._notify = notify or (lambda state: False)
         self._watchdog_interval = watchdog_interval
         self.ready = asyncio.Event()
+
+    @property
+    def channels(self) -> dict[str, ChannelConnection]:
+        """The open channel connections by instance uuid (a view of the table)."""
+        return {i.uuid: i.conn for i in self.instances.connected()}
 
     # -- running ------------------------------------------------------------
 
@@ -187,11 +132,14 @@ class Relay:
         self._discovery = Discovery(s.channels.socket_dir, self._add_channel, self._remove_channel,
                                     self._on_scanned)
         try:
+            await self._restore()
             if self._watchdog_interval:
                 sup.spawn("watchdog", self._feed_watchdog)
+            sup.spawn("writer", self.writer.run)
             sup.spawn("control", self._control.serve)
             sup.spawn("sender", lambda: self.sender.run(self._sender_stop))
             sup.spawn("discovery", self._discovery.run)
+            sup.spawn("forget", self._forget_loop)
             if s.libvirt.enabled:
                 self._start_libvirt()
             if self.metrics is not None:
@@ -200,6 +148,51 @@ class Relay:
             await shutdown.wait()
         finally:
             await self._shutdown()
+
+    async def _restore(self) -> None:
+        """Read the detectors' stored records back (in a thread; a broken disk is logged).
+
+        What the previous relay could not write (host_relay.fallback) is newer than
+        the outbox: it is handed to the writer, and its records win.
+        """
+        pending, unwritten = await self._pending_from_last_run()
+        try:
+            records = await self._ops.call(restore_records, self.outbox, self._record_type,
+                                           self._clock(), self._wall_clock())
+        except Exception:  # noqa: BLE001 - the relay runs; detectors start fresh
+            LOG.exception("Cannot read the detectors' stored state from %s; they start fresh",
+                          self.outbox.path)
+            records = {}
+        shift = self._clock() - self._wall_clock()
+        for uuid, data in unwritten.items():
+            if data is None:
+                records.pop(uuid, None)
+                continue
+            try:
+                records[uuid] = self._record_type.from_json(data).shifted(shift)
+            except (ValueError, TypeError, KeyError) as exc:
+                LOG.error("Unwritten detector state of instance %s is unreadable (%s)", uuid,
+                          exc)
+        if pending or unwritten:
+            self.writer.adopt(pending, unwritten, on_committed=lambda e: self.sender.wake())
+        self.instances.restore(records, self._clock())
+        if records:
+            LOG.info("Restored the stored state of %d instances' detectors", len(records))
+
+    async def _pending_from_last_run(self) -> tuple[list, dict]:
+        if self._fallback_path is None:
+            return [], {}
+        try:
+            entries, records = await self._ops.call(fallback.load, self._fallback_path)
+        except (OSError, ValueError) as exc:
+            LOG.error("Cannot read %s (writes a previous relay could not make): %s; left in "
+                      "place for the operator", self._fallback_path, exc)
+            return [], {}
+        if entries or records:
+            LOG.warning("The previous relay stopped before it could write %s to the outbox "
+                        "(%s); writing them now", fallback.describe(entries, records),
+                        self._fallback_path)
+        return entries, records
 
     def _on_scanned(self) -> None:
         if self.ready.is_set():
@@ -214,33 +207,63 @@ class Relay:
             self._notify("WATCHDOG=1")
             await asyncio.sleep(self._watchdog_interval / 2)
 
+    async def _forget_loop(self) -> None:
+        while True:
+            await asyncio.sleep(_FORGET_EVERY)
+            self._forget(self._clock())
+
+    def _forget(self, now: float) -> None:
+        for inst in self.instances.expired(now):
+            self.writer.forget(inst.uuid)
+
     async def _shutdown(self) -> None:
         self.stopping = True
         self._notify("STOPPING=1\nSTATUS=shutting down")
         grace = self.settings.shutdown_grace
         sup = self._supervisor
-        LOG.info("Shutdown 1/5: stopping discovery")
+        LOG.info("Shutdown 1/6: stopping discovery")
         await sup.stop("discovery")
         await sup.stop("libvirt")
-        LOG.info("Shutdown 2/5: closing %d channels", len(self.channels))
-        for conn in self.channels.values():
-            conn.close()
+        await sup.stop("forget")
+        channels = list(self.instances.connected())
+        LOG.info("Shutdown 2/6: closing %d channels", len(channels))
+        for inst in channels:
+            inst.conn.close()
         await sup.stop_matching("channel ")
-        self.channels.clear()
-        LOG.info("Shutdown 3/5: stopping the sender (grace %.1fs)", grace)
+        for inst in channels:
+            inst.conn = None
+        LOG.info("Shutdown 3/6: writing %d pending notifications and records (up to %.0fs)",
+                 self.writer.pending, _FLUSH_TIMEOUT)
+        if self.writer.pending and not await self.writer.flush(_FLUSH_TIMEOUT):
+            if await self.writer.keep_pending(_FLUSH_TIMEOUT):
+                LOG.error("Shutdown: %d notifications and records could not be written to "
+                          "%s; kept in %s for the next relay", self.writer.pending,
+                          self.outbox.path, self._fallback_path)
+            else:
+                LOG.error("Shutdown: %d notifications and records could not be written to "
+                          "%s; the guests' state after the restart brings them back",
+                          self.writer.pending, self.outbox.path)
+        await sup.stop("writer")
+        LOG.info("Shutdown 4/6: stopping the sender (grace %.1fs)", grace)
         if self._sender_stop is not None:
             self._sender_stop.set()
         if not await sup.stop("sender", timeout=grace):
             LOG.warning("Sender did not finish within %.1fs; cancelled it", grace)
-        LOG.info("Shutdown 4/5: closing the control socket")
+        LOG.info("Shutdown 5/6: closing the control socket")
         await sup.stop("control")
         await sup.stop("metrics")
         await sup.stop_all()
-        LOG.info("Shutdown 5/5: closing the outbox")
+        LOG.info("Shutdown 6/6: closing the outbox")
+        self.writer.close()
+        self._view.close()
         try:
-            self.outbox.close()
+            await asyncio.wait_for(self._ops.call(self.outbox.close), _FLUSH_TIMEOUT)
+        except asyncio.TimeoutError:
+            LOG.error("Closing the outbox %s did not finish within %.0fs (disk frozen?); "
+                      "exiting without it", self.outbox.path, _FLUSH_TIMEOUT)
         except Exception:  # noqa: BLE001 - shutdown goes on; the rows are committed
             LOG.exception("Closing the outbox failed")
+        self._ops.close()
         LOG.info("iim-relay stopped")
 
     def _start_libvirt(self) -> None:
@@ -257,157 +280,124 @@ class Relay:
 
     def add_channel(self, uuid: str, path: str, origin: str) -> None:
         """libvirt says: read ``uuid``'s channel at ``path`` (hotplug | static | serial)."""
-        self._claims.setdefault(uuid, {})["libvirt"] = (path, origin)
-        self._apply_claims(uuid)
+        self._apply(self.instances.claim(uuid, SOURCE_LIBVIRT, path, origin, self._clock()))
 
     def remove_channel(self, uuid: str) -> None:
         """libvirt says: ``uuid`` has no channel (any more)."""
-        self._claims.get(uuid, {}).pop("libvirt", None)
-        self._apply_claims(uuid)
+        inst = self.instances.release(uuid, SOURCE_LIBVIRT, self._clock())
+        if inst is not None:
+            self._apply(inst)
 
     def domain_state(self, uuid: str, state: Any) -> None:
         """libvirt says: ``uuid``'s domain is in ``state`` (a detector DomainState)."""
-        self._domain_states[uuid] = state
-        conn = self.channels.get(uuid)
-        if conn is not None:
-            conn.domain_state(state)
+        inst = self.instances.ensure(uuid, self._clock())
+        inst.domain = state
+        if inst.detector is not None and inst.conn is not None:
+            inst.conn.domain_state(state)
+        elif inst.detector is not None:
+            self.carry_out(inst, inst.detector.domain_state(state, self._clock()))
 
     def _add_channel(self, uuid: str, path: str) -> None:
-        self._claims.setdefault(uuid, {})["socket_dir"] = (path, ORIGIN_SOCKET_DIR)
-        self._apply_claims(uuid)
+        self._apply(self.instances.claim(uuid, SOURCE_SOCKET_DIR, path, ORIGIN_SOCKET_DIR,
+                                         self._clock()))
 
     def _remove_channel(self, uuid: str) -> None:
-        self._claims.get(uuid, {}).pop("socket_dir", None)
-        self._apply_claims(uuid)
+        inst = self.instances.release(uuid, SOURCE_SOCKET_DIR, self._clock())
+        if inst is not None:
+            self._apply(inst)
 
-    def _apply_claims(self, uuid: str) -> None:
-        claims = self._claims.get(uuid) or {}
-        want = claims.get("libvirt") or claims.get("socket_dir")
-        if not claims:
-            self._claims.pop(uuid, None)
+    def _apply(self, inst: Instance) -> None:
+        want = inst.wanted()
         if want is None:
-            self._origins.pop(uuid, None)
-            self._close_channel(uuid)
+            self._close_channel(inst)
             return
         path, origin = want
-        self._origins[uuid] = origin
-        conn = self.channels.get(uuid)
-        if conn is not None and conn.path == path:
+        if inst.conn is not None and inst.conn.path == path:
             return  # the same socket seen by both: one connection
-        self._open_channel(uuid, path, origin)
+        self._open_channel(inst, path, origin)
 
-    def _open_channel(self, uuid: str, path: str, origin: str) -> None:
+    def _open_channel(self, inst: Instance, path: str, origin: str) -> None:
         if self.stopping:
             return
-        old = self.channels.pop(uuid, None)
+        old = inst.conn
         if old is not None:  # a new socket for the same instance replaces the old one
             old.close()
         now = self._clock()
+        self._forget(now)
         conn = ChannelConnection(
-            uuid, path, self.settings.channels, self._detector_for(uuid, now), self.outbox,
-            self.sender,
-            self.settings.host, clock=self._clock, wall_clock=self._wall_clock,
-            on_queued=self.metrics.observe_queued if self.metrics is not None else None,
-            transport=transport_for(path, origin),
+            inst.uuid, path, self.settings.channels, self._detector_for(inst, now),
+            lambda outputs, inst=inst: self.carry_out(inst, outputs),
+            clock=self._clock, transport=transport_for(path, origin),
         )
-        self.channels[uuid] = conn
-        if uuid in self._domain_states:
-            conn.domain_state(self._domain_states[uuid])
-        name = f"channel {uuid}"
+        inst.conn = conn
+        name = f"channel {inst.uuid}"
         if self._supervisor.running(name):
-            asyncio.get_running_loop().create_task(self._restart(name, conn))
+            asyncio.get_running_loop().create_task(self._restart(name, inst, conn))
         else:
             self._supervisor.spawn(name, conn.run)
 
-    def _detector_for(self, uuid: str, now: float) -> Any:
-        for gone_uuid, since in list(self._gone_since.items()):
-            if now - since >= self._forget_after:
-                del self._gone_since[gone_uuid]
-                self._detectors.pop(gone_uuid, None)
-                self._domain_states.pop(gone_uuid, None)
-        self._gone_since.pop(uuid, None)
-        detector = self._detectors.get(uuid)
-        if detector is None:
-            detector = self._detector_factory(uuid, self._detector_config, now)
-            self._detectors[uuid] = detector
-        return detector
+    def _detector_for(self, inst: Instance, now: float) -> Any:
+        if inst.detector is None:
+            from host_relay.detector import DomainState
 
-    async def _restart(self, name: str, conn: ChannelConnection) -> None:
+            inst.detector = self._detector_factory(
+                self._detector_config, now, domain=inst.domain or DomainState.RUNNING,
+                restored=inst.restored)
+            if inst.restored is not None:
+                LOG.info("Instance %s: detector restored from its stored state (%s)", inst.uuid,
+                         inst.detector.state.value)
+            inst.restored = None
+        return inst.detector
+
+    async def _restart(self, name: str, inst: Instance, conn: ChannelConnection) -> None:
         await self._supervisor.stop(name)
-        if self.channels.get(conn.instance_uuid) is conn and not self.stopping:
+        if inst.conn is conn and not self.stopping:
             self._supervisor.spawn(name, conn.run)
 
-    def _close_channel(self, uuid: str) -> None:
-        conn = self.channels.pop(uuid, None)
+    def _close_channel(self, inst: Instance) -> None:
+        conn, inst.conn = inst.conn, None
         if conn is None:
             return
         conn.close()
-        self._gone_since[uuid] = self._clock()
-        asyncio.get_running_loop().create_task(self._supervisor.stop(f"channel {uuid}"))
+        asyncio.get_running_loop().create_task(self._supervisor.stop(f"channel {inst.uuid}"))
 
-    # -- status -------------------------------------------------------------
+    # -- detector outputs ---------------------------------------------------
 
-    def handle_request(self, request: dict[str, Any]) -> dict[str, Any]:
+    def carry_out(self, inst: Instance, outputs: list) -> None:
+        """Render a detector call's outputs; write its notifications with its record."""
+        self._outputs(inst.uuid, inst.log_marks, outputs)
+
+    # -- control requests -----------------------------------------------------
+
+    async def handle_request(self, request: dict[str, Any]) -> dict[str, Any]:
         cmd = request.get("cmd")
         if cmd == "status":
-            return self.snapshot()
+            return status.to_json(await self.status())
         if cmd == "requeue":
-            return self._requeue(request)
+            return await self._requeue(request)
         return {"error": f"unknown command {str(cmd)[:40]!r} (known: status, requeue)"}
 
-    def _requeue(self, request: dict[str, Any]) -> dict[str, Any]:
+    async def _requeue(self, request: dict[str, Any]) -> dict[str, Any]:
         """Queue dead letters again once the operator fixed the cause (host, maintenance)."""
         ids = request.get("ids")
         if request.get("all"):
-            ids = [e.id for e in self.outbox.dead(_MAX_REQUEUE)]
+            ids = [e.id for e in await self._ops.call(self.outbox.dead, _MAX_REQUEUE)]
         if (not isinstance(ids, list) or not ids or len(ids) > _MAX_REQUEUE
                 or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids)):
             return {"error": f"requeue needs 'ids' (1 to {_MAX_REQUEUE} integers) or 'all'"}
         now = self._wall_clock()
-        requeued = [i for i in ids if self.outbox.requeue(i, now)]
+
+        def requeue_all() -> list[int]:
+            return [i for i in ids if self.outbox.requeue(i, now)]
+
+        requeued = await self._ops.call(requeue_all)
         if requeued:
             LOG.warning("Re-queued dead-lettered notifications %s on operator request",
                         requeued)
             self.sender.wake()
         return {"requeued": requeued, "not_dead": [i for i in ids if i not in requeued]}
 
-    def snapshot(self) -> dict[str, Any]:
-        now = self._clock()
-        wall = self._wall_clock()
-        instances = {}
-        domains = self._safe(self._libvirt.snapshot) if self._libvirt is not None else {}
-        for uuid, conn in sorted(self.channels.items()):
-            item = conn.snapshot()
-            item["last_failure"] = self._last_failure(uuid, wall)
-            item["origin"] = self._origins.get(uuid, ORIGIN_SOCKET_DIR)
-            instances[uuid] = item
-        for uuid, domain in domains.items():  # known to libvirt, without a channel: say why
-            if uuid not in instances and isinstance(domain, dict):
-                instances[uuid] = {"origin": None,
-                                   "last_failure": self._last_failure(uuid, wall)}
-        for uuid, item in instances.items():
-            domain = domains.get(uuid) if isinstance(domains, dict) else None
-            item["libvirt"] = domain
-            # libvirt's verdict at the top, for channel-less domains too.
-            item["domain_state"] = domain.get("state") if domain else None
-            for key in ("problem", "reason", "fix"):
-                item[key] = domain.get(key) if domain else None
-        return {
-            "version": iim_protocol.__version__,
-            "host": self.settings.host,
-            "pid": os.getpid(),
-            "uptime": None if self._started_at is None else round(now - self._started_at, 3),
-            "socket_dir": self.settings.channels.socket_dir,
-            "instances": instances,
-            "libvirt": self._libvirt_status(),
-            "ignored_files": sorted(self._discovery.ignored) if self._discovery else [],
-            "config_warnings": list(self.settings.config_warnings),
-            "outbox": self._safe(lambda: self.outbox.stats(wall)),
-            "dead_letters": self._safe(lambda: [self._entry_dict(e, wall)
-                                                for e in self.outbox.dead(20)]),
-            "sender": self._safe(self._sender_counters),
-            "restarts": dict(self._supervisor.restarts),
-        }
+    # -- status -------------------------------------------------------------
 
     @property
     def restarts(self) -> dict[str, int]:
@@ -417,39 +407,77 @@ class Relay:
     def wall_time(self) -> float:
         return self._wall_clock()
 
-    def _libvirt_status(self) -> dict[str, Any]:
+    async def status(self) -> status.RelayStatus:
+        """The whole relay as typed data; never waits for the disk longer than a second."""
+        return await status.build(self)
+
+    def libvirt_domains(self) -> dict[str, Any]:
+        domains = self._safe(self._libvirt.snapshot) if self._libvirt is not None else {}
+        return domains if isinstance(domains, dict) else {}
+
+    def libvirt_status(self) -> dict[str, Any]:
         if self._libvirt is None:
             return {"uri": self.settings.libvirt.connection_uri, "enabled": False}
-        status = self._safe(self._libvirt.connection_status)
-        status.update(enabled=True, socket_dir_problem=self.socket_dir_problem)
-        return status
+        state = self._safe(self._libvirt.connection_status)
+        state.update(enabled=True, socket_dir_problem=self.socket_dir_problem)
+        return state
 
-    def _last_failure(self, uuid: str, wall: float) -> Optional[dict[str, Any]]:
-        entry = self._safe(lambda: self.outbox.latest_for(uuid))
-        if entry is None or isinstance(entry, dict):
-            return entry
-        return self._entry_dict(entry, wall)
+    @property
+    def started_at(self) -> Optional[float]:
+        return self._started_at
 
-    @staticmethod
-    def _entry_dict(entry: Any, wall: float) -> dict[str, Any]:
-        out = dataclasses.asdict(entry) if dataclasses.is_dataclass(entry) else dict(vars(entry))
-        out["age"] = round(wall - out.get("created_at", wall), 3)
-        return out
+    @property
+    def view(self) -> status.OutboxView:
+        return self._view
 
-    def _sender_counters(self) -> dict[str, Any]:
-        counters = getattr(self.sender, "counters", None)
-        if callable(counters):
-            counters = counters()
-        if counters is None:
-            return {}
-        if dataclasses.is_dataclass(counters):
-            return dataclasses.asdict(counters)
-        return dict(counters)
+    @property
+    def ignored_files(self) -> list[str]:
+        return sorted(self._discovery.ignored) if self._discovery else []
+
+    def now(self) -> float:
+        return self._clock()
 
     @staticmethod
     def _safe(fn: Callable[[], Any]) -> Any:
-        try:
-            return fn()
-        except Exception as exc:  # noqa: BLE001 - status must always answer
-            LOG.exception("Status: a part failed to report")
-            return {"error": f"{type(exc).__name__}: {exc}"}
+        return status.safe(fn)
+
+
+# -- composition: what `iim-relay run` calls ------------------------------------
+
+def build(conf: Any, settings: RelaySettings, detector_config: Any) -> Relay:
+    """The relay and its parts from the configuration (outbox opened, client made)."""
+    from host_relay.conf.masakari import GROUP
+    from host_relay.masakari_client import client_from_conf
+    from host_relay.outbox_open import open_outbox
+    from host_relay.sender import Sender
+    from host_relay.systemd import notify, watchdog_interval
+
+    # ConfigError (file, cause, fix) for what the operator must repair; a damaged
+    # outbox is kept aside and what it still holds is carried over.
+    outbox = open_outbox(settings.state_path, settings.outbox_path)
+    d = settings.delivery
+    client = client_from_conf(conf, GROUP, read_timeout=d.request_timeout)
+    sender = Sender(outbox, client, backoff_initial=d.backoff_initial,
+                    backoff_max=d.backoff_max, jitter=d.jitter)
+    return Relay(settings, detector_config, outbox, sender, clock=time.monotonic,
+                 wall_clock=time.time, notify=notify, watchdog_interval=watchdog_interval(),
+                 fallback_path=fallback.path_in(fallback.runtime_dir_from_env()))
+
+
+async def serve(conf: Any, settings: RelaySettings, detector_config: Any) -> None:
+    """Run the relay until SIGTERM or SIGINT, then stop it in order."""
+    relay = build(conf, settings, detector_config)
+    shutdown = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def on_signal(sig: int) -> None:
+        LOG.info("Received %s; shutting down", signal.Signals(sig).name)
+        shutdown.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal, sig)
+    try:
+        await relay.run(shutdown)
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)

@@ -5,7 +5,8 @@ serial fallback reads the host end of a guest serial port instead: a pty
 (``/dev/pts/N``, opened as a raw terminal so the line discipline neither
 echoes bytes back into the guest nor rewrites line ends) or, when Nova's
 serial console is enabled, a TCP port QEMU listens on (``tcp:HOST:PORT``).
-Each opener returns an asyncio StreamReader and something with ``close()``.
+Each opener returns an asyncio StreamReader and something with ``close()`` and a
+non-blocking ``write()`` (the relay's ``sync`` request; never awaited).
 """
 
 from __future__ import annotations
@@ -38,8 +39,16 @@ def is_closed_by_peer(exc: BaseException) -> bool:
 
 
 class _PipeCloser:
-    def __init__(self, transport: asyncio.ReadTransport) -> None:
+    def __init__(self, transport: asyncio.ReadTransport, fd: int) -> None:
         self._transport = transport
+        self._fd = fd
+
+    def write(self, data: bytes) -> None:
+        """Best effort: a pty whose buffer is full drops it (the guest is not reading)."""
+        try:
+            os.write(self._fd, data)
+        except BlockingIOError:
+            pass
 
     def close(self) -> None:
         self._transport.close()
@@ -69,4 +78,4 @@ async def open_stream(path: str, transport: str, limit: int) -> tuple[asyncio.St
     except BaseException:
         pipe.close()
         raise
-    return reader, _PipeCloser(read_transport)
+    return reader, _PipeCloser(read_transport, fd)

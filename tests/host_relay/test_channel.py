@@ -14,13 +14,16 @@ import pytest
 from host_relay.channel import STATE_BACKOFF, STATE_CONNECTED, ChannelConnection, TokenBucket
 from host_relay.detector import Detector, DetectorConfig
 from host_relay.outbox import Outbox
+from host_relay.render import OutputHandler
 from host_relay.settings import ChannelSettings
-from iim_protocol.codec import encode
-from iim_protocol.messages import Failure, Goodbye, Heartbeat, Hello, Pause, Resume
+from host_relay.store import StoreWriter
+from iim_protocol.codec import Decoder, encode
+from iim_protocol.messages import Failure, Goodbye, Heartbeat, Hello, Pause, Resume, Sync
 from tests.host_relay.relay_testing import FakeGuest, FakeSender, short_dir, wait_until
 
 UUID_A = "6d1c0a8e-1f2b-4c3d-8e9f-0a1b2c3d4e01"
 UUID_B = "6d1c0a8e-1f2b-4c3d-8e9f-0a1b2c3d4e02"
+SYNC = encode(Sync())
 INTERVAL = 0.2
 MISSED = 2
 FAST = dict(missed_heartbeats=MISSED, min_interval=0.1, min_uptime=0.0)
@@ -37,22 +40,26 @@ def hello(interval: float = INTERVAL) -> Hello:
 
 
 class Rig:
-    """Channels, a real outbox and a fake sender, all in one event loop."""
+    """Channels, a real outbox and its writer, a fake sender, all in one event loop."""
 
     def __init__(self, sock_dir: str, tmp_path, **channel_settings) -> None:
         self.sock_dir = sock_dir
         self.outbox = Outbox(str(tmp_path / "outbox.sqlite"))
         self.sender = FakeSender()
+        self.writer = StoreWriter(self.outbox, client=None)
+        self.outputs = OutputHandler(self.writer, self.sender, "compute-1")
         self.settings = ChannelSettings(socket_dir=sock_dir, **{
             "reconnect_initial": 0.05, "reconnect_max": 0.4, **channel_settings})
         self.channels: dict[str, ChannelConnection] = {}
-        self.tasks: list[asyncio.Task] = []
+        self.tasks: list[asyncio.Task] = [asyncio.create_task(self.writer.run())]
 
     def channel(self, uuid: str, detector=None, **config) -> ChannelConnection:
         now = time.monotonic()
-        detector = detector or Detector(uuid, DetectorConfig(**{**FAST, **config}), now)
+        detector = detector or Detector(DetectorConfig(**{**FAST, **config}), now)
+        marks: dict = {}
         conn = ChannelConnection(uuid, os.path.join(self.sock_dir, f"{uuid}.sock"),
-                                 self.settings, detector, self.outbox, self.sender, "compute-1")
+                                 self.settings, detector,
+                                 lambda outputs: self.outputs(uuid, marks, outputs))
         self.channels[uuid] = conn
         self.tasks.append(asyncio.create_task(conn.run()))
         return conn
@@ -68,6 +75,7 @@ class Rig:
         for t in self.tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
+        self.writer.close()
         self.outbox.close()
 
 
@@ -96,6 +104,28 @@ def test_failure_frame_becomes_a_durable_outbox_entry(sock_dir, tmp_path) -> Non
             assert rig.sender.wakes >= 1
             assert conn.state == STATE_CONNECTED
             assert conn.decoder.stats.frames_ok == 2
+        finally:
+            await rig.close()
+            await guest.stop()
+
+    asyncio.run(main())
+
+
+def test_every_connect_writes_one_sync_frame(sock_dir, tmp_path) -> None:
+    """The agent answers a sync with its whole state: a late reader still hears of failures."""
+    async def main() -> None:
+        rig = Rig(sock_dir, tmp_path)
+        guest = await FakeGuest(sock_dir, UUID_A).start()
+        conn = rig.channel(UUID_A)
+        try:
+            await guest.wait_connected()
+            await wait_until(lambda: len(guest.received) >= len(SYNC), timeout=2.0)
+            await guest.drop()  # the guest side hangs up: the relay reconnects
+            await wait_until(lambda: guest.connections == 2, timeout=2.0)
+            await wait_until(lambda: len(guest.received) >= 2 * len(SYNC), timeout=2.0)
+            assert bytes(guest.received) == SYNC * 2
+            assert [type(m) for m in Decoder().feed(bytes(guest.received))] == [Sync, Sync]
+            assert conn.counters["syncs"] == 2
         finally:
             await rig.close()
             await guest.stop()
@@ -307,7 +337,7 @@ def test_exception_in_one_channel_restarts_it_and_spares_the_others(
         rig = Rig(sock_dir, tmp_path)
         bad_guest = await FakeGuest(sock_dir, UUID_A).start()
         good_guest = await FakeGuest(sock_dir, UUID_B).start()
-        broken = _BrokenDetector(Detector(UUID_A, DetectorConfig(**FAST), time.monotonic()))
+        broken = _BrokenDetector(Detector(DetectorConfig(**FAST), time.monotonic()))
         bad = rig.channel(UUID_A, detector=broken)
         rig.channel(UUID_B)
         try:

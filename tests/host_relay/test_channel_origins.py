@@ -8,6 +8,7 @@ import termios
 
 import pytest
 
+from host_relay import status
 from host_relay.detector import DomainState
 from host_relay.outbox import Outbox
 from host_relay.service import Relay
@@ -48,6 +49,11 @@ async def run_relay(relay: Relay, body) -> None:
         await asyncio.wait_for(task, 5.0)
 
 
+async def snapshot(relay) -> dict:
+    """What the control socket would answer."""
+    return status.to_json(await relay.status())
+
+
 def test_socket_seen_by_discovery_and_libvirt_is_one_connection(state_dir) -> None:
     relay = make_relay(state_dir)
     sock_dir = relay.settings.channels.socket_dir
@@ -57,15 +63,15 @@ def test_socket_seen_by_discovery_and_libvirt_is_one_connection(state_dir) -> No
         guest = await FakeGuest(sock_dir, UUID).start()
         await guest.wait_connected()
         conn = relay.channels[UUID]
-        assert relay.snapshot()["instances"][UUID]["origin"] == "socket_dir"
+        assert (await snapshot(relay))["instances"][UUID]["origin"] == "socket_dir"
         relay.add_channel(UUID, guest.path, "hotplug")  # the same socket, now from libvirt
         assert relay.channels[UUID] is conn  # kept, not re-created
-        assert relay.snapshot()["instances"][UUID]["origin"] == "hotplug"
+        assert (await snapshot(relay))["instances"][UUID]["origin"] == "hotplug"
         relay.domain_state(UUID, DomainState.PAUSED)
-        assert relay.snapshot()["instances"][UUID]["detector"]["domain_state"] == "paused"
+        assert (await snapshot(relay))["instances"][UUID]["detector"]["domain"] == "paused"
         relay.remove_channel(UUID)  # libvirt lets go; the socket is still there
         assert relay.channels[UUID] is conn
-        assert relay.snapshot()["instances"][UUID]["origin"] == "socket_dir"
+        assert (await snapshot(relay))["instances"][UUID]["origin"] == "socket_dir"
         await guest.stop()
         await wait_until(lambda: UUID not in relay.channels, 3.0)
         assert guest.connections == 1
@@ -88,10 +94,9 @@ def test_serial_pty_is_read_raw_and_keeps_the_detector(state_dir) -> None:
         attrs = termios.tcgetattr(slave)
         assert not attrs[3] & termios.ECHO and not attrs[3] & termios.ICANON
         os.write(master, encode(HELLO) + encode(Heartbeat(seq=1)) + encode(Heartbeat(seq=2)))
-        await wait_until(lambda: relay.snapshot()["instances"][UUID]["detector"]
-                         .get("last_heartbeat_seq") == 2, 3.0)
-        detector = relay._detectors[UUID]
-        snap = relay.snapshot()["instances"][UUID]
+        detector = relay.instances.get(UUID).detector
+        await wait_until(lambda: detector.status(relay._clock()).last_seq == 2, 3.0)
+        snap = (await snapshot(relay))["instances"][UUID]
         assert snap["origin"] == "serial" and snap["channel"]["path"] == pty_path
         assert snap["decoder"]["frames_ok"] == 3
         # The same instance hot-plugged later: a new connection, the same detector.
@@ -99,7 +104,7 @@ def test_serial_pty_is_read_raw_and_keeps_the_detector(state_dir) -> None:
         relay.add_channel(UUID, guest.path, "hotplug")
         await guest.wait_connected()
         assert relay.channels[UUID].transport == "unix"
-        assert relay._detectors[UUID] is detector
+        assert relay.instances.get(UUID).detector is detector
         await guest.stop()
 
     try:

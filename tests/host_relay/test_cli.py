@@ -131,12 +131,13 @@ def test_sigterm_stops_a_running_relay_in_order(tmp_path, state_dir) -> None:
     assert proc.returncode == 0, out
     order = [
         "Received SIGTERM",
-        "Shutdown 1/5: stopping discovery",
-        "Shutdown 2/5: closing 1 channels",
-        "Shutdown 3/5: stopping the sender",
+        "Shutdown 1/6: stopping discovery",
+        "Shutdown 2/6: closing 1 channels",
+        "Shutdown 3/6: writing 0 pending notifications and records",
+        "Shutdown 4/6: stopping the sender",
         "masakari sender stopped",
-        "Shutdown 4/5: closing the control socket",
-        "Shutdown 5/5: closing the outbox",
+        "Shutdown 5/6: closing the control socket",
+        "Shutdown 6/6: closing the outbox",
         "iim-relay stopped",
     ]
     positions = [out.find(line) for line in order]

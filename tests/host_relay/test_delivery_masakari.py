@@ -16,6 +16,7 @@ import pytest
 from keystoneauth1 import noauth, session
 from oslo_config import cfg
 
+from host_relay import conf as relay_conf
 from host_relay import masakari_client
 from host_relay.masakari_client import MasakariClient
 from host_relay.outbox import Outbox
@@ -98,7 +99,7 @@ def test_session_from_conf_with_auth_type_none(masakari, masakari_host, outbox, 
     conf_file = tmp_path / "relay.conf"
     conf_file.write_text(f"[masakari]\nauth_type = none\nendpoint = {masakari.url}\n")
     conf = cfg.ConfigOpts()
-    masakari_client.register_opts(conf, "masakari")
+    relay_conf.register_opts(conf)  # the one registration of [masakari]
     conf(args=[], default_config_files=[str(conf_file)])
     client = masakari_client.client_from_conf(conf, "masakari", read_timeout=10.0)
     assert client.is_noauth and client.noauth_token == "admin:admin"

@@ -1,9 +1,9 @@
 """With libvirt, the channel directory removed under the relay comes back as QEMU needs it.
 
-QEMU (the fixture's unprivileged user) creates hot-plugged channel sockets in
-the directory, so a re-created one must belong to that user again, or every
-later hot-plug fails.  The removal happens while QEMU still listens in the
-directory: the case where the directory's own inotify watch says nothing.
+The relay prepares the directory for the QEMU user (static and serial-fallback
+channels are made there), so a re-created one must belong to that user again.
+Hot-plugged channels now live in libvirt's own channel directory, so the first
+domain's connection is untouched by the removal and a later hot-plug still works.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ import time
 
 import pytest
 
-from host_relay import socket_dir
+from host_relay import socket_dir, status
 from host_relay.cli import format_status
 from host_relay.detector import DomainState
 from host_relay.libvirt_watch import DomainWatcher
@@ -342,12 +342,14 @@ def test_relay_reads_the_serial_fallback_and_shows_origin_state_and_reasons(
                 await loop.sock_sendall(guest, encode(Hello(
                     protocol_version=1, agent_version="t", boot_id="b",
                     heartbeat_interval=1.0)) + encode(Heartbeat(seq=1)))
-                await wait_until(lambda: relay.snapshot()["instances"][SERIAL]
-                                 .get("detector", {}).get("state") == "armed", 5.0)
+                def detector():
+                    inst = relay.instances.get(SERIAL)
+                    return inst.detector.status(relay._clock()) if inst and inst.detector else None
+
+                await wait_until(lambda: (d := detector()) and d.state.value == "armed", 5.0)
                 relay._libvirt._conn.lookupByUUIDString(SERIAL).suspend()
-                await wait_until(lambda: relay.snapshot()["instances"][SERIAL]["detector"]
-                                 ["domain_state"] == "paused", 2.0)
-                paused = relay.snapshot()
+                await wait_until(lambda: detector().domain.value == "paused", 2.0)
+                paused = status.to_json(await relay.status())
         finally:
             shutdown.set()
             await asyncio.wait_for(task, 5.0)

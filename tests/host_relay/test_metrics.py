@@ -141,6 +141,11 @@ def test_scrape_shows_instances_bad_input_throttling_and_the_outbox(state_dir) -
             assert one(m, "iim_relay_info", version=relay_conf.loader.iim_protocol.__version__,
                        host="compute-7") == 1
             assert ("process_open_fds", ()) in m  # the process collector, on our own registry
+            # The detectors' own counters and the writer, from the one status model.
+            assert one(m, "iim_relay_detector_notified_total", kind="process_failure") == 1
+            assert one(m, "iim_relay_pending_writes", what="notifications") == 0
+            assert one(m, "iim_relay_outbox_write_error", error="") == 0
+            assert one(m, "iim_relay_sent_directly_total") == 0
 
             # Values are read at scrape time: the guest hanging up shows at once.
             await a.drop()

@@ -13,10 +13,26 @@ from pathlib import Path
 
 import pytest
 
-from host_relay.outbox import SCHEMA_VERSION, Entry, Outbox, OutboxError, format_time
+from host_relay.outbox import (
+    SCHEMA_VERSION,
+    Entry,
+    NewEntry,
+    Outbox,
+    OutboxError,
+    format_time,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 T0 = 1_800_000_000.0  # a fixed wall-clock time for deterministic tests
+OLD_SCHEMA_1 = """
+CREATE TABLE outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, instance_uuid TEXT NOT NULL,
+    hostname TEXT NOT NULL, generated_time TEXT NOT NULL, kind TEXT NOT NULL,
+    reason TEXT NOT NULL DEFAULT '', state TEXT NOT NULL DEFAULT 'queued',
+    attempts INTEGER NOT NULL DEFAULT 0, created_at REAL NOT NULL,
+    next_attempt_at REAL NOT NULL, last_status INTEGER, last_error TEXT NOT NULL DEFAULT '',
+    notification_uuid TEXT, finished_at REAL);
+"""
 
 
 @pytest.fixture
@@ -54,13 +70,50 @@ def test_put_returns_a_queued_entry_due_now(outbox):
     assert outbox.next_due_at() == T0 + 0.25
 
 
-def test_payload_has_exactly_the_three_schema_keys(outbox):
-    (e,) = put(outbox)
-    assert e.payload() == {
-        "event": "LIFECYCLE",
-        "instance_uuid": e.instance_uuid,
-        "vir_domain_event": "STOPPED_FAILED",
-    }
+def test_commit_writes_entries_and_records_in_one_transaction(outbox):
+    new = NewEntry("tok-1", "u-1", "compute-1", "process_failure", "sshd", T0)
+    (e,) = outbox.commit([new], {"u-1": {"v": 1, "armed": True}}, T0)
+    assert (e.token, e.state, e.instance_uuid) == ("tok-1", "queued", "u-1")
+    assert outbox.records() == {"u-1": {"v": 1, "armed": True}}
+    # a retried commit that had in fact succeeded inserts nothing twice
+    (again,) = outbox.commit([new], {"u-1": {"v": 1, "armed": False}}, T0 + 1)
+    assert again.id == e.id and outbox.stats(T0)["depth"] == 1
+    assert outbox.records()["u-1"] == {"v": 1, "armed": False}
+    outbox.commit([], {"u-1": None}, T0 + 2)  # None forgets the record
+    assert outbox.records() == {}
+
+
+def test_commit_that_fails_writes_nothing(outbox):
+    bad = NewEntry("tok-2", "u-2", "compute-1", "process_failure", "x", T0)
+    with pytest.raises(TypeError):
+        # the record is not JSON-able: json.dumps raises inside the transaction
+        outbox.commit([bad], {"u-2": {"v": object()}}, T0)
+    assert outbox.stats(T0)["depth"] == 0 and outbox.records() == {}
+
+
+def test_entry_sent_before_it_was_written_is_stored_as_delivered(outbox):
+    new = NewEntry("tok-3", "u-3", "compute-1", "guest_hang", "silent", T0,
+                   outcome=("delivered", 202, "n-uuid", "", T0 + 5))
+    (e,) = outbox.commit([new], {}, T0 + 6)
+    assert (e.state, e.last_status, e.notification_uuid, e.attempts) == (
+        "delivered", 202, "n-uuid", 1)
+    assert outbox.due(T0 + 100) == []
+
+
+def test_schema_1_file_is_upgraded_in_place(tmp_path):
+    path = str(tmp_path / "v1.sqlite")
+    db = sqlite3.connect(path)
+    db.executescript(OLD_SCHEMA_1 + "PRAGMA user_version = 1;")
+    db.execute("INSERT INTO outbox (instance_uuid, hostname, generated_time, kind,"
+               " created_at, next_attempt_at) VALUES ('u', 'h', 't', 'process', 1, 1)")
+    db.commit()
+    db.close()
+    with Outbox(path) as ob:
+        (old,) = ob.due(10)
+        assert old.token is None and old.instance_uuid == "u"
+        assert ob.records() == {}
+        ob.commit([], {"u": {"v": 1}}, 2)
+        assert ob._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
 
 
 def test_due_is_oldest_first_and_limited(outbox):

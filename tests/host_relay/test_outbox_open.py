@@ -342,3 +342,29 @@ def test_a_damaged_outbox_on_a_full_disk_is_left_as_it_is_and_salvaged_once_ther
     finally:
         ob.close()
     assert set(got) == {i for i, e in written.items() if e.state in ("queued", "dead")}
+
+
+def test_salvage_keeps_tokens_and_detector_records(tmp_path, caplog) -> None:
+    """Schema 2: a pending notification keeps its token (the sender's guard against a
+    second POST) and the detectors' records survive, so a restored cooldown still holds."""
+    from host_relay.outbox import NewEntry
+
+    path = str(tmp_path / "outbox.sqlite")
+    uuids = [str(uuidlib.UUID(int=i + 1)) for i in range(20)]
+    records = {u: {"v": 1, "armed": True, "cooldown_until": 9000.0 + i}
+               for i, u in enumerate(uuids)}
+    with Outbox(path) as ob:
+        ob.commit([NewEntry(token=f"tok-{i}", instance_uuid=u, hostname="compute-1",
+                            kind="process_failure", reason="web failed", created_at=1000.0 + i)
+                   for i, u in enumerate(uuids)], records, 1000.0)
+    damage(path, "header")
+    with caplog.at_level(logging.INFO, logger="host_relay"):
+        ob = open_outbox(str(tmp_path), path, wall_clock=lambda: NOW)
+    try:
+        tokens = {r[0]: r[1] for r in ob._db.execute("SELECT instance_uuid, token FROM outbox")}
+        assert tokens == {u: f"tok-{i}" for i, u in enumerate(uuids)}
+        assert ob.records() == records
+    finally:
+        ob.close()
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "20 pending" in errors[0] and "20 detector records" in errors[0]

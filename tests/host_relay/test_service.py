@@ -114,6 +114,9 @@ def test_sockets_come_and_go_without_restart_and_status_shows_them(state_dir) ->
             assert ib["decoder"]["bytes_skipped"] >= 9
             assert snap["outbox"]["depth"] == 1
             assert snap["sender"] == {"sent": 0}
+            assert snap["store"]["pending_notifications"] == 0
+            assert snap["store"]["disk_problem"] is None
+            assert ia["channel"]["syncs"] == 1  # one sync frame written on connect
 
             # Removed socket: dropped from the relay; the rest keeps running.
             await a.stop()
@@ -151,8 +154,7 @@ def test_recreated_socket_keeps_the_instance_detector(state_dir) -> None:
             await g.send(hello, Failure(seq=1, check="db", reason="down again"))
             await wait_until(
                 lambda: relay.channels[UUID_A].decoder.stats.frames_ok == 2, 2.0)
-            snap = first.snapshot(relay._clock())
-            assert snap["state"] == "cooldown"
+            assert first.status(relay._clock()).state.value == "cooldown"
             assert relay.outbox.stats(0)["depth"] == 1  # still one: the cooldown held
             await g.stop()
 
@@ -177,7 +179,7 @@ def test_shutdown_runs_in_order_and_lets_the_sender_finish(state_dir, caplog) ->
     with caplog.at_level(logging.INFO):
         asyncio.run(main())
     steps = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Shutdown ")]
-    assert [s.split(":")[0] for s in steps] == [f"Shutdown {i}/5" for i in range(1, 6)]
+    assert [s.split(":")[0] for s in steps] == [f"Shutdown {i}/6" for i in range(1, 7)]
     assert "closing 1 channels" in steps[1]
 
 
