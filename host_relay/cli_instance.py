@@ -97,8 +97,8 @@ def _who(answer: dict[str, Any]) -> str:
     return f"{answer['instance']} ({name})" if name else answer["instance"]
 
 
-def _pause_line(p: dict[str, Any]) -> str:
-    return (f"for {human(p['remaining'])} more, until {_when(p.get('until'))}"
+def _pause_line(p: dict[str, Any], more: str = " more") -> str:
+    return (f"for {human(p['remaining'])}{more}, until {_when(p.get('until'))}"
             + (f": {p['reason']}" if p.get("reason") else ""))
 
 
@@ -155,7 +155,7 @@ def pause(instance: str, duration: float, reason: str, config_files: Sequence[st
     """
     answer = _ask(config_files, control_socket, {"cmd": "pause", "instance": instance,
                                                   "seconds": duration, "reason": reason})
-    click.echo(f"paused {_who(answer)} {_pause_line(answer['host_pause'])}")
+    click.echo(f"paused {_who(answer)} {_pause_line(answer['host_pause'], '')}")
     note = _stored_note(answer)
     if note:
         click.echo(f"iim-relay: {note}", err=True)

@@ -187,3 +187,19 @@ def test_record_json_carries_the_host_pause_and_rejects_bad_values():
     old = rec.to_json()
     del old["host_pause_until"], old["host_pause_reason"]  # written by an older relay
     assert DetectorRecord.from_json(old).host_pause_until is None
+
+
+def test_an_instance_gone_while_the_host_pause_holds_is_not_forgotten():
+    from host_relay.instances import InstanceTable
+
+    table = InstanceTable(forget_after=100.0)
+    d = armed02()
+    d.host_pause(500.0, "replacing a disk", 1.0)
+    paused, plain = table.ensure("a", 0.0), table.ensure("b", 0.0)
+    paused.detector, plain.detector = d, armed02()
+    assert [i.uuid for i in table.expired(200.0)] == ["b"]
+    assert table.expired(400.0) == [] and "a" in table
+    assert [i.uuid for i in table.expired(502.0)] == ["a"]
+    # A stored record waiting for its instance counts the same.
+    table.ensure("c", 0.0).restored = DetectorRecord(host_pause_until=1000.0)
+    assert table.expired(900.0) == [] and [i.uuid for i in table.expired(1001.0)] == ["c"]
