@@ -8,6 +8,7 @@ host's pause).  Every command is the real CLI in a subprocess.
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -134,3 +135,10 @@ def test_refusals_name_the_bound_and_the_instance(running, proxy) -> None:
     assert bad.returncode == 2 and "units" in bad.stderr, bad.stderr
     nothing = cli(relay, "resume", inst)
     assert nothing.returncode == 0 and "had no host pause" in nothing.stdout
+    shown = cli(relay, "status", inst, "--json")
+    assert shown.returncode == 0, shown.stderr
+    detail = json.loads(shown.stdout)
+    assert detail["uuid"] == inst and detail["max_pause"] == 3600.0
+    assert detail["notifications"] == [] and detail["notifications_error"] is None
+    assert detail["instance"]["detector"]["state"] == "armed"
+    assert detail["instance"]["channel"]["state"] == "connected"
