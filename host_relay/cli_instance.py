@@ -105,8 +105,9 @@ def _pause_line(p: dict[str, Any], more: str = " more") -> str:
 def _stored_note(answer: dict[str, Any]) -> Optional[str]:
     if answer.get("stored"):
         return None
-    return ("NOT yet on disk (the relay keeps retrying; until it is, a relay restart loses "
-            f"it): {answer.get('store_problem') or 'the write has not finished'}")
+    return ("in effect, but NOT yet on disk: the relay keeps retrying, and keeps a copy in "
+            "its runtime directory across a restart of the relay (not a reboot); "
+            f"{answer.get('store_problem') or 'the write has not finished'}")
 
 
 socket_options = [
