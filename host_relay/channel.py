@@ -301,6 +301,11 @@ class ChannelConnection:
         if not self._closing:
             self._carry_out(self.detector.domain_state(state, self._clock()))
 
+    def detector_call(self, call: Callable[[float], Iterable[Any]]) -> None:
+        """Run ``call(now)`` on the detector (the operator's pause or resume, from
+        host_relay.maintenance), carry out its outputs and set the timer again."""
+        self._carry_out(call(self._clock()))
+
     def _safe_detector_call(self, method: str) -> None:
         try:
             self._carry_out(getattr(self.detector, method)(self._clock()))

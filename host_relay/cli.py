@@ -67,13 +67,16 @@ def cli() -> None:
     \b
     Commands:
       run      run the relay in the foreground (as systemd starts it)
-      status   show what a running relay sees
+      status   show what a running relay sees (all instances, or one in detail)
+      pause    pause notifications for one instance from the host (maintenance)
+      resume   end the host's pause of one instance
       requeue  send dead-lettered notifications again
 
     \b
     Example:
       iim-relay run --config-file /etc/iim/relay.conf
       iim-relay status
+      iim-relay pause instance-0000002a --for 2h --reason "replacing a disk"
     """
 
 
@@ -126,11 +129,13 @@ def run(config_files: Sequence[str], debug: bool) -> None:
 
 
 @cli.command()
+@click.argument("instance", required=False)
 @click.option("--config-file", "config_files", multiple=True, metavar="FILE", help=_CONFIG_HELP)
 @click.option("--control-socket", metavar="PATH",
               help="Control socket of the relay (default: <state_path>/control.sock).")
 @click.option("--json", "as_json", is_flag=True, help="Print the raw status as JSON.")
-def status(config_files: Sequence[str], control_socket: Optional[str], as_json: bool) -> None:
+def status(instance: Optional[str], config_files: Sequence[str], control_socket: Optional[str],
+           as_json: bool) -> None:
     """Show what the running relay sees, per instance and for delivery.
 
     Asks the relay on this host over its control socket (root or the relay's
@@ -139,14 +144,27 @@ def status(config_files: Sequence[str], control_socket: Optional[str], as_json: 
     the outbox (queued notifications, age of the oldest, dead letters) and
     frames the guests sent that were rejected.
 
-    Exit status: 0, or 1 when no relay answers.
+    With INSTANCE (an instance uuid, or its libvirt domain name), that one
+    instance in detail: channel origin and path, detector state, last
+    heartbeat, checks, the open incident and its reason, pauses (the host's
+    and the guest's: until when and why), and its notifications in the outbox
+    with Masakari's answers.
+
+    Exit status: 0, or 1 when no relay answers or it does not know INSTANCE.
 
     \b
     Example:
       iim-relay status
+      iim-relay status instance-0000002a
       iim-relay status --json | jq '.outbox'
     """
     from host_relay.control import ControlError, request
+
+    if instance is not None:
+        from host_relay.cli_instance import show_instance
+
+        show_instance(instance, config_files, control_socket, as_json)
+        return
 
     if control_socket is None:
         _, settings = _load(config_files)
@@ -239,8 +257,11 @@ def format_status(snap: dict[str, Any]) -> str:
         fail = inst.get("last_failure") or {}
         failure = f"{fail.get('kind')} {_age(fail.get('age'))} ago" if fail else "-"
         domain = inst.get("libvirt") or {}
+        state = str(det.get("state", "-"))
+        if det.get("host_pause"):  # paused by `iim-relay pause`: say so, and for how long
+            state += f" (host, {_age(det['host_pause'].get('remaining'))})"
         rows.append((uuid, chan, inst.get("origin") or "-", _age(inst.get("last_heartbeat_age")),
-                     str(det.get("state", "-")), failure, fail.get("state", "-") if fail else "-"))
+                     state, failure, fail.get("state", "-") if fail else "-"))
         if domain.get("reason"):
             notes.append(f"  {uuid} ({domain.get('name') or '?'}): {domain['reason']}"
                          + (f"\n    fix: {domain['fix']}" if domain.get("fix") else ""))
@@ -298,6 +319,16 @@ def format_status(snap: dict[str, Any]) -> str:
         lines += ["", "Configuration warnings (fix and restart the relay):"]
         lines += [f"  {w}" for w in snap["config_warnings"]]
     return "\n".join(lines)
+
+
+def _add_instance_commands() -> None:
+    from host_relay.cli_instance import pause, resume
+
+    cli.add_command(pause)
+    cli.add_command(resume)
+
+
+_add_instance_commands()
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:

@@ -3,7 +3,9 @@
 The socket (``<state_path>/control.sock``) is created mode 0600 and every peer
 is checked with SO_PEERCRED: only root or the relay's own user may talk to it.
 ``{"cmd": "status"}`` answers with the relay's snapshot; an error answers
-``{"error": "..."}``.  :func:`request` is the client the CLI uses.
+``{"error": "..."}``.  ``pause``, ``resume`` and ``instance`` (one instance in
+detail) are answered by host_relay.maintenance; a refusal there is an answer
+with ``refused``, not an error.  :func:`request` is the client the CLI uses.
 """
 
 from __future__ import annotations

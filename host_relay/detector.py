@@ -17,6 +17,11 @@ it arms a detector that never saw a hello, and a check it reports failed is
 the same FAILURE input a failure frame is (the frame is the fast path), a
 check it reports ok is RECOVERED, and a pause level (0.2 agents) is PAUSE or
 RESUME.  0.1.0 agents send no level: their pause/resume frames are the edges.
+The operator's pause (:meth:`Detector.host_pause`, ``iim-relay pause``) is
+kept apart from the guest's: HOST_PAUSE/HOST_RESUME inputs and its own
+fields, so a heartbeat saying "not paused" never ends it and the host's
+resume never ends the guest's; PAUSED holds while either does.  A domain
+stop or agent start ends the guest's pause, not the host's.
 
 What notifies, and only this, once per incident:
 
@@ -27,7 +32,7 @@ What notifies, and only this, once per incident:
   domain's return to running.  A deadline found more than ``late_tolerance``
   late means the relay stalled: re-checked one interval later.
 
-Not while the domain is not running, the guest is paused, an incident is open
+Not while the domain is not running, the guest or the host paused it, an incident is open
 or in the cooldown; the storm cap (``max_notifications`` per sliding
 ``notification_window``) turns a notification into an open incident (FAILED).
 Only a start (new boot id or start id) ends a process-failure incident besides
@@ -52,7 +57,7 @@ from typing import Any, Optional
 
 from host_relay import detector_rules as rules
 from host_relay.detector_config import DetectorConfig  # re-exported: its home moved
-from host_relay.detector_inputs import Input, feed_message
+from host_relay.detector_inputs import Input, PauseEvent, feed_message
 from host_relay.detector_outputs import (
     GUEST_HANG,
     PROCESS_FAILURE,
@@ -127,6 +132,9 @@ class Detector:
         if r.pause_until is not None and r.pause_until > now:
             f.pause_until = min(r.pause_until, now + cfg.max_pause)
             f.pause_reason, f.pause_origin = r.pause_reason, r.pause_origin or "guest"
+        if r.host_pause_until is not None and r.host_pause_until > now:
+            f.host_pause_until = min(r.host_pause_until, now + cfg.max_pause)
+            f.host_pause_reason = r.host_pause_reason
         if f.domain not in DOMAIN_RUNS and f.domain not in DOMAIN_HELD:
             f.armed, f.interval = False, None  # stopped: as a DOMAIN_STOP would
             f.pause_until, f.pause_reason, f.pause_origin = None, "", ""
@@ -154,6 +162,15 @@ class Detector:
             self._f.channel_up = False
 
         return self._run(now, Input.CLOSED, None, fact)
+
+    def host_pause(self, duration: float, reason: str, now: float) -> list[Output]:
+        """The operator pauses this instance for ``duration`` s (bounded by max_pause)."""
+        ev = PauseEvent(rules.finite(duration), reason, "host")
+        return self._run(now, Input.HOST_PAUSE, ev, None)
+
+    def host_resume(self, now: float) -> list[Output]:
+        """The operator's pause ends now; a guest pause, if any, still holds."""
+        return self._run(now, Input.HOST_RESUME, PauseEvent(None, "", "host"), None)
 
     def message(self, msg: Message, now: float) -> list[Output]:
         f = self._f
@@ -204,6 +221,7 @@ class Detector:
             last_heard=f.last_heard, incident=f.incident, cooldown_until=f.cooldown_until,
             notified_at=tuple(f.notified_at), pause_until=f.pause_until,
             pause_reason=f.pause_reason, pause_origin=f.pause_origin,
+            host_pause_until=f.host_pause_until, host_pause_reason=f.host_pause_reason,
         )
 
     def status(self, now: float) -> DetectorStatus:
@@ -233,6 +251,9 @@ class Detector:
                 1 for t in f.notified_at if t > now - cfg.notification_window),
             boot_id=f.boot_id, start_id=f.start_id, agent_version=f.agent_version,
             counters=f.counters.copy(),
+            host_pause=(PauseStatus(f.host_pause_until - now, f.host_pause_reason, "host")
+                        if f.host_pause_until is not None and f.host_pause_until > now
+                        else None),
         )
 
     # ------------------------------------------------------------ machinery
@@ -263,7 +284,8 @@ class Detector:
         """How the durable part differs from the last Persist: _MUST, _MAY or None.
 
         _MUST (written at once): the incident, the cooldown, the storm-cap window -
-        what a notification decides.  _MAY (written at once, or WRITE_EVERY after
+        what a notification decides, and the operator's pause (its command answers
+        once it is on disk).  _MAY (written at once, or WRITE_EVERY after
         the last write when the guest keeps changing it): armed, interval, boot
         and start id, the pause.  Never for last_heard (every heartbeat) nor a
         pause end moved by less than PAUSE_SLACK."""
@@ -271,6 +293,9 @@ class Detector:
         if old.incident != f.incident or old.cooldown_until != f.cooldown_until or len(
                 old.notified_at) != len(f.notified_at) or (
                 f.notified_at and old.notified_at[-1] != f.notified_at[-1]):
+            return _MUST
+        if (old.host_pause_until, old.host_pause_reason) != (f.host_pause_until,
+                                                             f.host_pause_reason):
             return _MUST
         if (old.armed, old.interval, old.boot_id, old.start_id, old.pause_reason,
                 old.pause_origin) != (f.armed, f.interval, f.boot_id, f.start_id,
@@ -294,8 +319,9 @@ class Detector:
         """The next timer: (deadline, input), or None."""
         f, cfg = self._f, self.config
         if f.state is State.PAUSED:
-            assert f.pause_until is not None
-            return f.pause_until, Input.PAUSE_EXPIRED
+            ends = rules.pause_ends(f)
+            assert ends
+            return min(ends), Input.PAUSE_EXPIRED
         if f.state is State.COOLDOWN:
             assert f.cooldown_until is not None
             return f.cooldown_until, Input.COOLDOWN_EXPIRED

@@ -27,6 +27,8 @@ class Input(enum.Enum):
     GOODBYE = "goodbye"
     PAUSE = "pause"  # pause frame, or a heartbeat/hello carrying a pause
     RESUME = "resume"  # resume frame, or a pause level of nil while paused
+    HOST_PAUSE = "host_pause"  # the operator's pause (`iim-relay pause`): never from the guest
+    HOST_RESUME = "host_resume"  # the operator's resume: ends the host pause only
     CONNECTED = "channel_connected"
     CLOSED = "channel_closed"
     DOMAIN_UP = "domain_running"  # RUNNING/UNKNOWN after any other domain state
@@ -63,7 +65,7 @@ class CheckEvent:
 class PauseEvent:
     duration: Optional[float]  # None: resume
     reason: str
-    source: str  # "frame" | "heartbeat" | "hello"
+    source: str  # "frame" | "heartbeat" | "hello" | "host"
 
 
 

@@ -77,13 +77,15 @@ class PauseChanged:
     ``until`` is None when it ended; ``source`` is frame, heartbeat, hello,
     start (a new agent start without a pause level), domain_stop or expired.
     ``asked`` is the duration the guest asked for when it was clamped to
-    max_pause, else None."""
+    max_pause, else None.  ``origin`` is whose pause it is: "guest" (the agent's)
+    or "host" (the operator's `iim-relay pause`; source host or expired)."""
 
     until: Optional[float]
     reason: str
     source: str
     at: float
     asked: Optional[float] = None
+    origin: str = "guest"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -180,3 +182,4 @@ class DetectorStatus:
     start_id: str
     agent_version: Optional[str]
     counters: DetectorCounters
+    host_pause: Optional[PauseStatus] = None  # the operator's pause; ``pause`` is the guest's

@@ -52,9 +52,12 @@ class DetectorRecord:
     incident: Optional[Incident] = None
     cooldown_until: Optional[float] = None
     notified_at: tuple[float, ...] = ()
-    pause_until: Optional[float] = None
+    pause_until: Optional[float] = None  # the guest's pause (pause_origin "guest")
     pause_reason: str = ""
     pause_origin: str = ""
+    # The operator's pause (`iim-relay pause`): separate, so neither side ends the other's.
+    host_pause_until: Optional[float] = None
+    host_pause_reason: str = ""
 
     def to_json(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -108,6 +111,9 @@ class DetectorRecord:
             pause_until=_opt_time("pause_until", d.get("pause_until")),
             pause_reason=_text("pause_reason", d.get("pause_reason", ""), MAX_TEXT_BYTES),
             pause_origin=origin,
+            host_pause_until=_opt_time("host_pause_until", d.get("host_pause_until")),
+            host_pause_reason=_text("host_pause_reason", d.get("host_pause_reason", ""),
+                                    MAX_TEXT_BYTES),
         )
 
     def shifted(self, delta: float) -> DetectorRecord:
@@ -124,6 +130,7 @@ class DetectorRecord:
             cooldown_until=add(self.cooldown_until),
             notified_at=tuple(t + delta for t in self.notified_at),
             pause_until=add(self.pause_until),
+            host_pause_until=add(self.host_pause_until),
         )
 
 

@@ -46,7 +46,7 @@ class State(enum.Enum):
     UNKNOWN = "unknown"  # not armed: no interval known, or the domain stopped
     ARMED = "armed"  # watching heartbeats (the timer runs while channel up and domain running)
     SUSPECT = "suspect"  # one interval from a hang; status only
-    PAUSED = "paused"  # the guest's maintenance pause: nothing notifies until it ends
+    PAUSED = "paused"  # a maintenance pause (guest's or host's): nothing notifies until it ends
     COOLDOWN = "cooldown"  # Masakari was notified and is recovering: nothing notifies
     FAILED = "failed"  # an incident is open and nobody recovers it: waits for it to end
     DEPARTED = "departed"  # the agent said goodbye: silence expected until it speaks again
@@ -96,6 +96,8 @@ class Facts:
     pause_until: Optional[float] = None
     pause_reason: str = ""
     pause_origin: str = ""
+    host_pause_until: Optional[float] = None  # the operator's, apart from the guest's
+    host_pause_reason: str = ""
     incident: Optional[Incident] = None
     cooldown_until: Optional[float] = None
     notified_at: collections.deque = dataclasses.field(default_factory=collections.deque)
@@ -192,6 +194,30 @@ def clear_pause(f: Facts, at: float, source: str) -> None:
         emit(f, PauseChanged(None, "", source, at))
 
 
+def paused(f: Facts, at: float) -> bool:
+    """A pause holds: the guest's or the host's (each ends only by its own side or expiry)."""
+    return any(u is not None and u > at for u in (f.pause_until, f.host_pause_until))
+
+
+def pause_ends(f: Facts) -> list[float]:
+    return [u for u in (f.pause_until, f.host_pause_until) if u is not None]
+
+
+def set_host_pause(f: Facts, at: float, ev: PauseEvent) -> None:
+    """The operator's pause; the shell refuses more than max_pause, this bounds it anyway."""
+    assert ev.duration is not None
+    used = min(max(0.0, ev.duration), f.config.max_pause)
+    f.host_pause_until, f.host_pause_reason = at + used, clean(ev.reason)
+    emit(f, PauseChanged(f.host_pause_until, f.host_pause_reason, ev.source, at,
+                         ev.duration if used < ev.duration else None, origin="host"))
+
+
+def clear_host_pause(f: Facts, at: float, source: str) -> None:
+    if f.host_pause_until is not None:
+        f.host_pause_until, f.host_pause_reason = None, ""
+        emit(f, PauseChanged(None, "", source, at, origin="host"))
+
+
 def suppress(f: Facts, kind: str, check: Optional[str], why: str, reason: str, at: float,
              loud: bool) -> None:
     if loud:
@@ -207,7 +233,7 @@ def notify(f: Facts, kind: str, check: Optional[str], reason: str, at: float,
     reason = clean(reason)
     if f.domain not in DOMAIN_RUNS:
         return suppress(f, kind, check, f"domain_{f.domain.value}", reason, at, loud)
-    if f.pause_until is not None and f.pause_until > at:
+    if paused(f, at):
         return suppress(f, kind, check, "paused", reason, at, loud)
     if f.incident is not None:
         return suppress(f, kind, check, "open_incident", reason, at, loud)
@@ -297,7 +323,21 @@ def on_resume(f: Facts, at: float, ev: PauseEvent) -> None:
 
 
 def on_pause_expired(f: Facts, at: float, ev: None) -> None:
-    clear_pause(f, at, "expired")
+    """The pause that ended goes; the other side's, if any, still holds."""
+    if f.pause_until is not None and f.pause_until <= at:
+        clear_pause(f, at, "expired")
+    if f.host_pause_until is not None and f.host_pause_until <= at:
+        clear_host_pause(f, at, "expired")
+
+
+def on_host_pause(f: Facts, at: float, ev: PauseEvent) -> None:
+    set_host_pause(f, at, ev)
+
+
+def on_host_resume(f: Facts, at: float, ev: PauseEvent) -> None:
+    if f.host_pause_until is None:
+        ignore(f, "host_resume", "not_paused", at)
+    clear_host_pause(f, at, ev.source)
 
 
 def on_cooldown_expired(f: Facts, at: float, ev: None) -> None:
@@ -305,7 +345,8 @@ def on_cooldown_expired(f: Facts, at: float, ev: None) -> None:
 
 
 def on_domain_stop(f: Facts, at: float, ev: None) -> None:
-    """This incarnation is over: only the next agent start arms again."""
+    """This incarnation is over: only the next agent start arms again.  The guest's
+    pause ends with it; the host's holds (the operator may be restarting the guest)."""
     f.armed, f.interval = False, None
     clear_pause(f, at, "domain_stop")
 
@@ -336,7 +377,7 @@ def settle(f: Facts, at: float) -> State:
         return State.FAILED
     if not f.armed:
         return State.UNKNOWN
-    if f.pause_until is not None and f.pause_until > at:
+    if paused(f, at):
         return State.PAUSED
     return State.ARMED
 
@@ -344,8 +385,7 @@ def settle(f: Facts, at: float) -> State:
 def watch(f: Facts, at: float) -> State:
     """Settle, with the heartbeat timer fresh from ``at`` and a pause that ended forgotten."""
     fresh_timer(f, at)
-    if f.pause_until is not None and f.pause_until <= at:
-        clear_pause(f, at, "expired")
+    on_pause_expired(f, at, None)
     return settle(f, at)
 
 

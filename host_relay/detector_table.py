@@ -7,7 +7,7 @@ from ``detector_rules``, or None) changes the facts; the destination is a
 that state: the detector ignores it (``Ignored(what, "in_<state>")``).
 
 The guards: ``watch`` (the state the facts call for - cooldown, goodbye, open
-incident, not armed, pause, else armed - with the heartbeat timer fresh; the
+incident, not armed, a pause (guest's or host's), else armed - with the heartbeat timer fresh; the
 restore uses the same ``settle`` without the timer) and ``after_notify``
 (COOLDOWN, FAILED when storm-capped, else stay).
 """
@@ -30,6 +30,8 @@ from host_relay.detector_rules import (
     on_hang,
     on_heartbeat,
     on_hello,
+    on_host_pause,
+    on_host_resume,
     on_pause,
     on_pause_expired,
     on_recovered,
@@ -57,6 +59,8 @@ TABLE: dict[tuple[State, Input], Row] = {
     (S.UNKNOWN, I.GOODBYE):          (on_goodbye, S.DEPARTED),
     (S.UNKNOWN, I.PAUSE):            (on_pause, None),          # held until armed
     (S.UNKNOWN, I.RESUME):           (on_resume, None),
+    (S.UNKNOWN, I.HOST_PAUSE):       (on_host_pause, None),     # held until armed
+    (S.UNKNOWN, I.HOST_RESUME):      (on_host_resume, None),
     (S.UNKNOWN, I.CONNECTED):        (None, None),
     (S.UNKNOWN, I.CLOSED):           (None, None),
     (S.UNKNOWN, I.DOMAIN_UP):        (None, None),
@@ -71,6 +75,8 @@ TABLE: dict[tuple[State, Input], Row] = {
     (S.ARMED, I.GOODBYE):            (on_goodbye, S.DEPARTED),
     (S.ARMED, I.PAUSE):              (on_pause, S.PAUSED),
     # (S.ARMED, I.RESUME): ignored, not paused
+    (S.ARMED, I.HOST_PAUSE):         (on_host_pause, S.PAUSED),
+    (S.ARMED, I.HOST_RESUME):        (on_host_resume, None),    # not paused: ignored
     (S.ARMED, I.CONNECTED):          (fresh_timer, None),       # closed time is not silence
     (S.ARMED, I.CLOSED):             (None, None),              # the timer holds until reconnected
     (S.ARMED, I.DOMAIN_UP):          (fresh_timer, None),
@@ -86,6 +92,8 @@ TABLE: dict[tuple[State, Input], Row] = {
     (S.SUSPECT, I.RECOVERED):        (on_recovered, None),
     (S.SUSPECT, I.GOODBYE):          (on_goodbye, S.DEPARTED),
     (S.SUSPECT, I.PAUSE):            (on_pause, S.PAUSED),
+    (S.SUSPECT, I.HOST_PAUSE):       (on_host_pause, S.PAUSED),
+    (S.SUSPECT, I.HOST_RESUME):      (on_host_resume, None),
     (S.SUSPECT, I.CONNECTED):        (fresh_timer, S.ARMED),
     (S.SUSPECT, I.CLOSED):           (None, S.ARMED),
     (S.SUSPECT, I.DOMAIN_UP):        (fresh_timer, S.ARMED),
@@ -101,6 +109,8 @@ TABLE: dict[tuple[State, Input], Row] = {
     (S.PAUSED, I.GOODBYE):           (on_goodbye, S.DEPARTED),
     (S.PAUSED, I.PAUSE):             (on_pause, None),          # replaces the end
     (S.PAUSED, I.RESUME):            (on_resume, watch),
+    (S.PAUSED, I.HOST_PAUSE):        (on_host_pause, None),     # replaces the host's end
+    (S.PAUSED, I.HOST_RESUME):       (on_host_resume, watch),   # the guest's pause may hold
     (S.PAUSED, I.CONNECTED):         (None, None),
     (S.PAUSED, I.CLOSED):            (None, None),
     (S.PAUSED, I.DOMAIN_UP):         (fresh_timer, None),
@@ -116,6 +126,8 @@ TABLE: dict[tuple[State, Input], Row] = {
     (S.COOLDOWN, I.GOODBYE):         (on_goodbye, None),        # DEPARTED when the cooldown ends
     (S.COOLDOWN, I.PAUSE):           (on_pause, None),          # honoured when the cooldown ends
     (S.COOLDOWN, I.RESUME):          (on_resume, None),
+    (S.COOLDOWN, I.HOST_PAUSE):      (on_host_pause, None),     # honoured when the cooldown ends
+    (S.COOLDOWN, I.HOST_RESUME):     (on_host_resume, None),
     (S.COOLDOWN, I.CONNECTED):       (None, None),
     (S.COOLDOWN, I.CLOSED):          (None, None),
     (S.COOLDOWN, I.DOMAIN_UP):       (None, None),
@@ -131,6 +143,8 @@ TABLE: dict[tuple[State, Input], Row] = {
     (S.FAILED, I.GOODBYE):           (on_goodbye, S.DEPARTED),
     (S.FAILED, I.PAUSE):             (on_pause, None),
     (S.FAILED, I.RESUME):            (on_resume, None),
+    (S.FAILED, I.HOST_PAUSE):        (on_host_pause, None),
+    (S.FAILED, I.HOST_RESUME):       (on_host_resume, None),
     (S.FAILED, I.CONNECTED):         (None, None),
     (S.FAILED, I.CLOSED):            (None, None),
     (S.FAILED, I.DOMAIN_UP):         (None, None),
@@ -140,6 +154,8 @@ TABLE: dict[tuple[State, Input], Row] = {
     (S.DEPARTED, I.START):           (on_start, watch),
     (S.DEPARTED, I.HELLO):           (on_hello, watch),
     # heartbeat, failure, recovered, goodbye, pause, resume: ignored until it speaks up
+    (S.DEPARTED, I.HOST_PAUSE):      (on_host_pause, None),     # the operator's word counts
+    (S.DEPARTED, I.HOST_RESUME):     (on_host_resume, None),
     (S.DEPARTED, I.CONNECTED):       (None, None),
     (S.DEPARTED, I.CLOSED):          (None, None),
     (S.DEPARTED, I.DOMAIN_UP):       (None, None),

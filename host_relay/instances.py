@@ -108,12 +108,20 @@ class InstanceTable:
         """Forget instances gone for ``forget_after``; returns them (their records go too)."""
         gone = [i for i in self._by_uuid.values()
                 if i.gone_since is not None and i.conn is None
-                and now - i.gone_since >= self.forget_after]
+                and now - i.gone_since >= self.forget_after and not host_paused(i, now)]
         for inst in gone:
             del self._by_uuid[inst.uuid]
         if gone:
             LOG.info("Forgot %d instances gone for %.0fs or more", len(gone), self.forget_after)
         return gone
+
+
+def host_paused(inst: Instance, now: float) -> bool:
+    """The operator paused it (`iim-relay pause`) and the pause still holds: kept until
+    it ends, even when the instance has been gone longer than ``forget_after``."""
+    record = inst.restored if inst.detector is None else inst.detector.record()
+    until = getattr(record, "host_pause_until", None)
+    return until is not None and until > now
 
 
 def origin_of(inst: Optional[Instance]) -> str:

@@ -70,6 +70,7 @@ class InstanceReading:
     bytes_skipped: int
     frames_rejected: int
     throttled_seconds: float
+    paused_by: tuple[str, ...] = ()  # "guest", "host": whose pauses hold now
 
 
 @dataclasses.dataclass
@@ -105,6 +106,8 @@ def reading_from(status: Any) -> Reading:
             bytes_skipped=inst.decoder.get("bytes_skipped", 0),
             frames_rejected=inst.decoder.get("frames_rejected", 0),
             throttled_seconds=inst.throttle.get("seconds", 0.0),
+            paused_by=tuple(origin for key, origin in (("pause", "guest"), ("host_pause", "host"))
+                            if getattr(det, key, None) is not None),
         ))
         rejected.update(inst.decoder.get("rejected", {}))
         throttled["bytes"] += inst.throttle.get("bytes", 0)
@@ -192,6 +195,13 @@ def _host_families(r: Reading, queued: int) -> Iterator[Metric]:
     for name in sorted({s.value for s in State} | set(by_state)):
         instances.add_metric([name], by_state.get(name, 0))
     yield instances
+    paused = GaugeMetricFamily(
+        "iim_relay_paused", "Instances paused now (no notification for them), by whose pause: "
+        "guest (the agent's) or host (`iim-relay pause`); one paused by both counts in both.",
+        labels=["origin"])
+    for origin in ("guest", "host"):
+        paused.add_metric([origin], sum(origin in i.paused_by for i in r.instances))
+    yield paused
     reasons = CounterMetricFamily(
         "iim_relay_frames_rejected_by_reason", "Frames rejected, by reason, summed over the "
         "instances the relay has now.", labels=["reason"])

@@ -76,11 +76,13 @@ def render(uuid: str, outputs: Any, marks: dict[str, float],
                     else f", asked {out.asked_interval:g}s", extra=extra)
         elif isinstance(out, PauseChanged):
             if out.until is None:
-                LOG.info("Instance %s: pause over (%s)", uuid, out.source, extra=extra)
+                LOG.info("Instance %s: %s pause over (%s)", uuid, out.origin, out.source,
+                         extra=extra)
             else:
-                LOG.log(_limited(marks, "pause", now),
-                        "Instance %s: paused for %.0fs (%s; from %s)%s", uuid,
-                        max(0.0, out.until - out.at), out.reason, out.source,
+                LOG.log(logging.INFO if out.origin == "host"
+                        else _limited(marks, "pause", now),
+                        "Instance %s: paused by the %s for %.0fs (%s; from %s)%s", uuid,
+                        out.origin, max(0.0, out.until - out.at), out.reason, out.source,
                         "" if out.asked is None else f", asked {out.asked:.0f}s", extra=extra)
         elif isinstance(out, IncidentClosed):
             LOG.info("Instance %s: %s incident over: %s", uuid, out.kind, out.why, extra=extra)

@@ -33,6 +33,7 @@ from host_relay.control import ControlServer
 from host_relay.discovery import Discovery
 from host_relay.domains import ORIGIN_SOCKET_DIR
 from host_relay.instances import SOURCE_LIBVIRT, SOURCE_SOCKET_DIR, Instance, InstanceTable
+from host_relay.maintenance import Maintenance
 from host_relay.offloop import Worker
 from host_relay.settings import RelaySettings
 from host_relay.store import StoreWriter, restore_records
@@ -95,6 +96,9 @@ class Relay:
         self._libvirt: Any = None
         self.socket_dir_problem: Optional[str] = None
         self._control = ControlServer(settings.control_socket, self.handle_request)
+        self._maintenance = Maintenance(  # pause/resume/status INSTANCE (host_relay.maintenance)
+            self, self._detector_for, clock, wall_clock,
+            getattr(detector_config, "max_pause", 0.0), outbox.path)
         self._sender_stop: Optional[asyncio.Event] = None
         self._started_at: Optional[float] = None
         self.stopping = False
@@ -256,6 +260,7 @@ class Relay:
         LOG.info("Shutdown 6/6: closing the outbox")
         self.writer.close()
         self._view.close()
+        self._maintenance.close()
         try:
             await asyncio.wait_for(self._ops.call(self.outbox.close), _FLUSH_TIMEOUT)
         except asyncio.TimeoutError:
@@ -375,7 +380,11 @@ class Relay:
             return status.to_json(await self.status())
         if cmd == "requeue":
             return await self._requeue(request)
-        return {"error": f"unknown command {str(cmd)[:40]!r} (known: status, requeue)"}
+        if cmd in ("pause", "resume", "instance"):
+            m = self._maintenance
+            return await {"pause": m.pause, "resume": m.resume, "instance": m.detail}[cmd](request)
+        return {"error": f"unknown command {str(cmd)[:40]!r} "
+                         "(known: status, requeue, pause, resume, instance)"}
 
     async def _requeue(self, request: dict[str, Any]) -> dict[str, Any]:
         """Queue dead letters again once the operator fixed the cause (host, maintenance)."""

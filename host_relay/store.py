@@ -165,6 +165,10 @@ class StoreWriter:
         self._gen += 1
         self._kick()
 
+    def record_pending(self, instance_uuid: str) -> bool:
+        """Whether the instance's newest record is not on disk yet (host_relay.maintenance)."""
+        return instance_uuid in self._records
+
     def direct_result(self, token: Optional[str]) -> Any:
         """For the sender: None, IN_FLIGHT, or the Result a direct send already got."""
         if token is None:

@@ -95,6 +95,8 @@ for that long. 0 turns the grace period off.
 Longest maintenance pause, in seconds, a guest may request: while
 paused, the relay sends no notification for the instance. A longer
 request is shortened to this, and monitoring resumes when it expires.
+The operator's pause from the host (``iim-relay pause``) has the same
+bound; a longer one is refused.
 Higher values let guest owners cover long maintenance windows; they also
 let a forgotten pause leave an instance unprotected for that long. With
 0 a pause request ends at once (it is logged as clamped).

@@ -1,7 +1,7 @@
 """Random input sequences, both agent generations and relay restarts mixed in.
 
 Never raises; never notifies twice for one incident, nor while the guest's
-pause (as the detector announced it) holds, nor inside the cooldown, nor
+or the operator's pause (as the detector announced each) holds, nor inside the cooldown, nor
 beyond the storm cap, nor while the domain is not running; a hang only with
 the channel up; a periodic hello never ends an incident.
 IIM_HYPOTHESIS_EXAMPLES=20000 for a longer hunt.
@@ -69,6 +69,8 @@ OTHER = st.one_of(
     st.just(("connect", None)), st.just(("close", None)),
     st.builds(lambda s: ("domain", s), st.sampled_from(list(DomainState))),
     st.sampled_from([("restart", "sigterm"), ("restart", "kill-9")]),
+    st.builds(lambda t: ("host_pause", t), st.sampled_from([1.0, 5.0, 15.0, 100.0])),
+    st.just(("host_resume", None)),
 )
 TICKS = st.sampled_from([("tick", None), ("tick_deadline", None)])
 op = st.one_of(HELLO01, HELLO02, HB01, HB02, HB02, HB02, TICKS, TICKS, OTHER)
@@ -86,6 +88,7 @@ def test_random_sequences_keep_the_promises(steps):
     stored = DetectorRecord()  # what a kill -9 would leave: the last Persist
     domain, channel = DomainState.RUNNING, False
     pause_end = None  # as the detector announced it
+    host_pause_end = None  # the operator's, likewise
     identity = ("", "")  # last (boot id, start id) a hello or 0.2 heartbeat named
     sent: list[float] = []
     open_since_notify = False  # a notification whose incident has not been closed
@@ -107,10 +110,13 @@ def test_random_sequences_keep_the_promises(steps):
             identity = (rec.boot_id, rec.start_id)
             st_ = d.status(now)
             pause_end = None if st_.pause is None else now + st_.pause.remaining
+            host_pause_end = None if st_.host_pause is None else now + st_.host_pause.remaining
             continue
         out = _apply(d, kind, arg, now)
         for o in out:
-            if isinstance(o, PauseChanged):
+            if isinstance(o, PauseChanged) and o.origin == "host":
+                host_pause_end = o.until
+            elif isinstance(o, PauseChanged):
                 pause_end = o.until
             elif isinstance(o, IncidentClosed):
                 open_since_notify = False
@@ -125,6 +131,8 @@ def test_random_sequences_keep_the_promises(steps):
                 assert o.at <= now
                 assert domain in RUNS, "notified while the domain is not running"
                 assert pause_end is None or o.at >= pause_end, "notified during a pause"
+                assert host_pause_end is None or o.at >= host_pause_end, \
+                    "notified during the host's pause"
                 if o.kind == "guest_hang":
                     assert channel, "hang notified while the channel is closed"
                 if sent:
@@ -158,4 +166,8 @@ def _apply(d: Detector, kind, arg, now):
         return d.channel_closed(now)
     if kind == "domain":
         return d.domain_state(arg, now)
+    if kind == "host_pause":
+        return d.host_pause(arg, "operator", now)
+    if kind == "host_resume":
+        return d.host_resume(now)
     return d.tick(now)
