@@ -14,20 +14,40 @@ from typing import Optional
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
+def vmrss_bytes(status: str) -> int:
+    """The VmRSS line of a /proc/PID/status text, in bytes (the kernel writes kB = KiB)."""
+    for line in status.splitlines():
+        if line.startswith("VmRSS:"):
+            value, unit = line.split()[1:3]
+            if unit != "kB":
+                raise ValueError(f"VmRSS in {unit!r}, not kB")
+            return int(value) * 1024
+    raise ValueError("no VmRSS line (a kernel thread, or a process that has exited)")
+
+
+def stat_cpu_ticks(stat: str) -> int:
+    """utime + stime of a /proc/PID/stat line, in clock ticks.
+
+    The command name (field 2) is in parentheses and may itself hold spaces
+    and parentheses, so the fields are counted from the last ``)``.
+    """
+    fields = stat.rsplit(")", 1)[1].split()
+    # fields[0] is field 3 (state); utime and stime are fields 14 and 15.
+    return int(fields[11]) + int(fields[12])
+
+
 def rss_bytes(pid: int) -> int:
     with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no VmRSS for pid {pid}")
+        try:
+            return vmrss_bytes(f.read())
+        except ValueError as exc:
+            raise RuntimeError(f"pid {pid}: {exc}") from None
 
 
 def cpu_seconds(pid: int) -> float:
     """utime + stime of every thread of ``pid`` (/proc/PID/stat, clock-tick resolution)."""
     with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    # fields[0] is field 3 (state); utime and stime are fields 14 and 15.
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+        return stat_cpu_ticks(f.read()) / CLK_TCK
 
 
 def percentile(sorted_values: list[float], p: float) -> float:

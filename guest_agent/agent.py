@@ -6,13 +6,21 @@ control client timeout).  Signals wake it through ``signal.set_wakeup_fd``:
 SIGTERM and SIGINT send ``goodbye`` and stop; SIGHUP reloads the config.
 
 What goes to the host: ``hello`` first whenever the host (re)connects,
-then a ``failure`` for every failed check, the active pause and a heartbeat;
+then the active pause, a heartbeat and a ``failure`` for every failed check;
 ``failure``/``recovered`` as checks change; a heartbeat every interval and
-``hello`` again every :data:`HELLO_EVERY` heartbeats.
+``hello`` again every :data:`HELLO_EVERY` heartbeats.  Every hello and
+heartbeat carries the whole state (interval, boot id, this process's
+``start_id``, the pause in force), so a relay that missed a frame, or started
+late, learns everything from the next one; the same ``start_id`` tells the
+relay that a periodic hello is a repeat, not a start.  A ``sync`` from the host
+is answered with hello, heartbeat and the failures (see
+:mod:`guest_agent.resync`); a ``pause`` frame follows every hello while paused,
+for a 0.1.0 relay, on which a hello ends the pause.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import logging
 import os
@@ -20,6 +28,7 @@ import shutil
 import signal
 import subprocess
 import time
+import uuid
 from typing import Any, Callable, Optional
 
 from guest_agent.checks import FAILED, OK, Transition
@@ -29,6 +38,7 @@ from guest_agent.monitor import Monitor
 from guest_agent.port import Port
 from guest_agent.processes import PsutilSource
 from guest_agent.reactor import POLLIN, Reactor
+from guest_agent.resync import SyncAnswers
 from guest_agent.watcher import PidWatcher
 from iim_protocol import __version__
 from iim_protocol.messages import (
@@ -42,6 +52,7 @@ from iim_protocol.messages import (
     Hello,
     Message,
     Pause,
+    PauseState,
     Recovered,
     Resume,
 )
@@ -101,6 +112,10 @@ class Agent:
         self._use_pidfd = use_pidfd
         self.reactor = Reactor()
         self.boot_id = read_boot_id()
+        # Made once per process start (a SIGHUP reload keeps it): the relay
+        # tells a start from a repeat by (boot_id, start_id).
+        self.start_id = uuid.uuid4().hex
+        self.syncs = SyncAnswers()
         self.started = clock()
         self.started_wall = wall()
         self._seq = 0
@@ -121,7 +136,7 @@ class Agent:
             clock,
             self._on_transition,
         )
-        self.port = Port(config.port, self.reactor, clock, self._on_connect)
+        self.port = self._make_port(config.port)
         self.control = ControlServer(config.control_socket, self.reactor, clock, self.handle)
         self._wake_r: Optional[int] = None
         self._wake_w: Optional[int] = None
@@ -136,6 +151,16 @@ class Agent:
         if self.port.send(message):
             LOG.debug("sent %s", message.TYPE)
 
+    def _make_port(self, path: str) -> Port:
+        return Port(path, self.reactor, self._clock, self._on_connect,
+                    on_message=self._on_host_message)
+
+    def _pause_state(self) -> Optional[PauseState]:
+        remaining = self.pause_remaining()
+        if remaining is None:
+            return None
+        return PauseState(remaining=remaining, reason=self._pause_reason)
+
     def _hello(self) -> Hello:
         return Hello(
             protocol_version=PROTOCOL_VERSION,
@@ -143,11 +168,34 @@ class Agent:
             boot_id=self.boot_id,
             heartbeat_interval=self.config.heartbeat_interval,
             checks=tuple(self.monitor.trackers),
+            start_id=self.start_id,
+            pause=self._pause_state(),
+            pause_known=True,
         )
 
     def _heartbeat(self) -> Heartbeat:
         checks = tuple((n, t.state) for n, t in self.monitor.trackers.items())
-        return Heartbeat(seq=self._next_seq(), checks=checks)
+        return Heartbeat(
+            seq=self._next_seq(),
+            checks=checks,
+            interval=self.config.heartbeat_interval,
+            boot_id=self.boot_id,
+            start_id=self.start_id,
+            pause=self._pause_state(),
+            pause_known=True,
+        )
+
+    def _send_hello(self) -> None:
+        """hello, then the pause again while paused: on a 0.1.0 relay a hello ends it."""
+        hello = self._hello()
+        self._send(hello)
+        if hello.pause is not None:
+            self._send(Pause(duration=hello.pause.remaining, reason=hello.pause.reason))
+
+    def _send_failures(self) -> None:
+        for tracker in self.monitor.trackers.values():
+            if tracker.state == FAILED:
+                self._send(Failure(seq=self._next_seq(), check=tracker.name, reason=tracker.reason))
 
     def _on_connect(self) -> None:
         """The host is (back) on the port: tell it everything it must know."""
@@ -155,19 +203,25 @@ class Agent:
         self._send_state()
 
     def _send_state(self) -> None:
-        self._send(self._hello())
-        for tracker in self.monitor.trackers.values():
-            if tracker.state == FAILED:
-                self._send(Failure(seq=self._next_seq(), check=tracker.name, reason=tracker.reason))
-        remaining = self.pause_remaining()
-        if remaining is not None:
-            self._send(Pause(duration=remaining, reason=self._pause_reason))
-        self._beat()
+        self._send_hello()
+        self._beat(hello=False)
+        self._send_failures()
 
-    def _beat(self) -> None:
+    def _on_host_message(self, message: Message) -> None:
+        if self.syncs.message(message, self._clock()):
+            self._answer_sync()
+
+    def _answer_sync(self) -> None:
+        """The host asked for everything: hello, a heartbeat, a failure per failed check."""
+        LOG.debug("host sent sync: answering with hello and state")
+        self._send_hello()
+        self._send(self._heartbeat())
+        self._send_failures()
+
+    def _beat(self, hello: bool = True) -> None:
         self._heartbeats += 1
-        if self._heartbeats % HELLO_EVERY == 0:
-            self._send(self._hello())
+        if hello and self._heartbeats % HELLO_EVERY == 0:
+            self._send_hello()
         self._send(self._heartbeat())
         self._next_heartbeat = self._clock() + self.config.heartbeat_interval
 
@@ -263,8 +317,13 @@ class Agent:
                 "scans": self.monitor.scans,
                 "reloads": self.reloads,
                 "watch_method": self.monitor.watcher.method,
+                "start_id": self.start_id,
             },
             "port": self.port.info(),
+            "host_input": dict(
+                dataclasses.asdict(self.syncs.stats),
+                frames_rejected=self.port.decoder.stats.frames_rejected,
+            ),
             "pause": None
             if remaining is None
             else {"remaining": round(remaining, 3), "reason": self._pause_reason},
@@ -292,7 +351,7 @@ class Agent:
             self._start_control()
         if new.port != old.port:
             self.port.close()
-            self.port = Port(new.port, self.reactor, self._clock, self._on_connect)
+            self.port = self._make_port(new.port)
         elif changed or new.heartbeat_interval != old.heartbeat_interval:
             if self.port.connected:
                 self._send_state()
@@ -345,6 +404,7 @@ class Agent:
     def _next_deadline(self) -> float:
         times = [self._next_heartbeat, self.monitor.next_deadline()]
         times.extend((self.port.next_deadline(), self.control.next_deadline(), self._pause_until))
+        times.append(self.syncs.next_deadline())
         return min(t for t in times if t is not None)
 
     def _on_timers(self) -> None:
@@ -356,6 +416,8 @@ class Agent:
             LOG.warning("pause expired")
             self._pause_until = None
             self._pause_reason = ""
+        if self.syncs.due(now):
+            self._answer_sync()
         if now >= self._next_heartbeat:
             self._beat()
 

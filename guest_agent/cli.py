@@ -160,8 +160,10 @@ def status(config_path: Optional[str], as_json: bool) -> None:
     """Show the running agent's checks, port and counters.
 
     For each check: its state (starting, ok, failed), the pids that match and
-    when it last changed; for the port: whether a host is connected and how
-    many frames were sent and dropped.  Exits 3 when no agent is running.
+    when it last changed; for the port: whether a host is connected, how
+    many frames were sent and dropped, and what the host sent (sync requests
+    received and answered, frames rejected, other messages ignored).  Exits 3
+    when no agent is running.
 
     \b
     Example:
@@ -178,6 +180,13 @@ def status(config_path: Optional[str], as_json: bool) -> None:
         f"port {port['path']}: {host}; frames sent {port['frames_sent']}, "
         f"dropped {port['frames_dropped']}"
     )
+    hi = st.get("host_input")
+    if hi:
+        click.echo(
+            f"from host: {hi['syncs_received']} syncs ({hi['answers']} answered, "
+            f"{hi['coalesced']} coalesced), {hi['frames_rejected']} frames rejected, "
+            f"{hi['ignored']} other messages ignored"
+        )
     if st["pause"]:
         left = format_duration(st["pause"]["remaining"])
         click.echo(f"paused for {left}: {st['pause']['reason']}")

@@ -13,6 +13,12 @@ Without udev (minimal images, early boot) there is no
 ``/dev/virtio-ports/<name>`` link, only the ``/dev/vportNpM`` node whose name
 is in ``/sys/class/virtio-ports/vportNpM/name``: :func:`find_vport` finds it.
 
+The host may write to the port too: a ``sync`` frame on every (re)connect.
+What it writes is read at most :data:`READ_CHUNK` bytes per wake-up and
+decoded with a body limit of ``MAX_HOST_BODY``; each decoded message goes to
+``on_message``, and problems are logged at most once a minute, never per
+frame or byte.
+
 Each condition is logged once when it starts, not on every retry.
 """
 
@@ -29,7 +35,7 @@ from typing import Callable, Optional
 import serial
 
 from guest_agent.reactor import POLLERR, POLLHUP, POLLIN, POLLNVAL, POLLOUT, Reactor
-from iim_protocol.codec import Decoder, encode
+from iim_protocol.codec import MAX_HOST_BODY, Decoder, encode
 from iim_protocol.messages import Message
 
 LOG = logging.getLogger(__name__)
@@ -41,8 +47,10 @@ REOPEN_MAX = 5.0  # backoff cap: a port that comes back is in use within 5 s
 HOST_PROBE_INTERVAL = 0.25
 # About a minute of heartbeats: anything older is superseded by newer state.
 MAX_QUEUE_BYTES = 64 * 1024
+# One read of at most 4 KiB per wake-up: a flooding host cannot starve the
+# loop (timers run between reads) and costs a bounded amount of work per read.
 READ_CHUNK = 4096
-MAX_READ_PER_WAKE = 64 * 1024  # a flooding host cannot starve the loop
+HOST_INPUT_LOG_INTERVAL = 60.0  # at most one line a minute about bad host input
 SERIAL_BAUDRATE = 115200
 # errnos that mean this open file is dead: close it and open the path again.
 REOPEN_ERRNOS = (errno.ENODEV, errno.ENXIO, errno.EIO, errno.EPIPE, errno.EBADF)
@@ -104,6 +112,7 @@ class Port:
         on_connect: Callable[[], None],
         sysfs_root: str = SYSFS_VIRTIO_PORTS,
         dev_root: str = DEV_ROOT,
+        on_message: Optional[Callable[[Message], None]] = None,
     ) -> None:
         self.path = path
         self.device = path  # what was opened: path, or the vport node find_vport found
@@ -112,6 +121,7 @@ class Port:
         self._reactor = reactor
         self._clock = clock
         self._on_connect = on_connect
+        self._on_message = on_message
         self.state = CLOSED
         self.is_tty = False
         self._fd: Optional[int] = None
@@ -121,7 +131,9 @@ class Port:
         self._backoff = REOPEN_MIN
         self._retry_at: Optional[float] = clock()
         self._condition = ""  # the last condition logged, so each is logged once
-        self.decoder = Decoder()
+        self.decoder = Decoder(max_body=MAX_HOST_BODY)
+        self._input_logged_at: Optional[float] = None
+        self._input_logged_rejects = 0
         self.frames_sent = 0
         self.frames_dropped = 0
         self.bytes_sent = 0
@@ -376,25 +388,49 @@ class Port:
             self._flush()
 
     def _drain(self) -> str:
-        """Read what the host sent: _READ, _EOF, or _CLOSED_NOW if the port broke."""
-        total = 0
-        while total < MAX_READ_PER_WAKE and self._fd is not None:
-            try:
-                data = os.read(self._fd, READ_CHUNK)
-            except BlockingIOError:
-                return _READ
-            except OSError as exc:
-                if exc.errno in REOPEN_ERRNOS:
-                    self._reopen(os.strerror(exc.errno or 0))
-                    return _CLOSED_NOW
-                raise
-            if not data:
-                return _EOF
-            total += len(data)
-            for message in self.decoder.feed(data):
-                self.messages_received += 1
-                LOG.debug("host sent %s", message.TYPE)
-        return _READ
+        """Read once what the host sent: _READ, _EOF, or _CLOSED_NOW if the port broke.
+
+        One read per wake-up: if more is waiting, poll says so again at once,
+        after the timers (heartbeats) had their turn.
+        """
+        if self._fd is None:
+            return _READ
+        try:
+            data = os.read(self._fd, READ_CHUNK)
+        except BlockingIOError:
+            return _READ
+        except OSError as exc:
+            if exc.errno in REOPEN_ERRNOS:
+                self._reopen(os.strerror(exc.errno or 0))
+                return _CLOSED_NOW
+            raise
+        if not data:
+            return _EOF
+        for message in self.decoder.feed(data):
+            self.messages_received += 1
+            if self._on_message is not None:
+                self._on_message(message)  # may answer, and a write may break the port
+        self._note_host_input()
+        return _READ if self._fd is not None else _CLOSED_NOW
+
+    def _note_host_input(self) -> None:
+        """One line a minute at most when the host sent frames the agent rejected."""
+        rejected = self.decoder.stats.frames_rejected
+        if rejected == self._input_logged_rejects:
+            return
+        now = self._clock()
+        if self._input_logged_at is not None and now < (
+            self._input_logged_at + HOST_INPUT_LOG_INTERVAL
+        ):
+            return
+        LOG.warning(
+            "port %s: the host sent %d frames the agent rejected (%s); only sync is read",
+            self.path,
+            rejected - self._input_logged_rejects,
+            ", ".join(f"{k} {v}" for k, v in sorted(self.decoder.stats.rejected.items())),
+        )
+        self._input_logged_at = now
+        self._input_logged_rejects = rejected
 
     def _flush(self) -> None:
         while self._queue and self._fd is not None:

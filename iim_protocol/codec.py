@@ -44,6 +44,9 @@ TRAILER = struct.Struct(">I")
 # decoder's memory per channel.
 MAX_BODY = 4096
 MAX_FRAME = HEADER.size + MAX_BODY + TRAILER.size
+# What the agent accepts from the host: a ``sync`` body is 11 bytes; the rest
+# leaves room for a few fields a later version may add, and nothing more.
+MAX_HOST_BODY = 64
 
 # Counter keys for rejected frames (besides InvalidMessage.reason values).
 REJECT_BAD_VERSION = "bad_version"
@@ -107,9 +110,21 @@ def _unique_map(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
 
 
 class Decoder:
-    """Turns a byte stream into messages.  Bytes in, messages out, no I/O."""
+    """Turns a byte stream into messages.  Bytes in, messages out, no I/O.
 
-    def __init__(self) -> None:
+    ``max_body`` (at most :data:`MAX_BODY`) lowers the largest body accepted:
+    a longer frame is rejected as ``oversize`` at its header, and the buffer
+    never holds more than one such smaller frame.  The agent decodes what the
+    host sends with ``max_body=MAX_HOST_BODY``.
+    """
+
+    def __init__(self, max_body: int = MAX_BODY) -> None:
+        if isinstance(max_body, bool) or not isinstance(max_body, int):
+            raise TypeError("max_body must be an integer")
+        if not 0 <= max_body <= MAX_BODY:
+            raise ValueError(f"max_body must be within [0, {MAX_BODY}]")
+        self.max_body = max_body
+        self.max_frame = HEADER.size + max_body + TRAILER.size
         self._buf = bytearray()
         self.stats = DecoderStats()
         # Look-ahead while the frame at the start of the buffer is incomplete:
@@ -122,7 +137,7 @@ class Decoder:
 
     @property
     def buffered(self) -> int:
-        """Bytes held while waiting for the rest of a frame (at most MAX_FRAME - 1)."""
+        """Bytes held while waiting for the rest of a frame (at most max_frame - 1)."""
         return len(self._buf)
 
     def feed(self, data: bytes) -> list[Message]:
@@ -134,7 +149,7 @@ class Decoder:
         while pos < len(view):
             # Take no more than fits one frame, so the buffer stays bounded
             # however much arrives at once.
-            take = MAX_FRAME - len(self._buf)
+            take = self.max_frame - len(self._buf)
             self._buf += view[pos : pos + take]
             pos += take
             self._parse(out)
@@ -172,7 +187,7 @@ class Decoder:
                 self._reject(REJECT_BAD_VERSION)
                 self._skip(1)
                 continue
-            if length > MAX_BODY:
+            if length > self.max_body:
                 self._reject(REJECT_OVERSIZE)
                 self._skip(1)
                 continue
@@ -186,7 +201,7 @@ class Decoder:
                     self._reject(REJECT_TRUNCATED)
                     self._skip(later)
                     continue
-                return  # wait for the rest; this is at most MAX_FRAME bytes
+                return  # wait for the rest; this is at most max_frame bytes
             (crc,) = TRAILER.unpack_from(buf, end)
             if crc != zlib.crc32(memoryview(buf)[2:end]):
                 # Likely a truncated frame followed by another one, or noise:
@@ -214,7 +229,7 @@ class Decoder:
                 self._scanned = base + q  # header incomplete: look again later
                 break
             _, version, length = HEADER.unpack_from(buf, q)
-            if version == FRAME_VERSION and length <= MAX_BODY:
+            if version == FRAME_VERSION and length <= self.max_body:
                 end = q + HEADER.size + length + TRAILER.size
                 heapq.heappush(self._ahead, (base + end, base + q))
             pos = q + 1

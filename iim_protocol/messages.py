@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Optional
 
 PROTOCOL_VERSION = 1
 
@@ -87,15 +87,115 @@ def _check_names(field: str, value: Any) -> tuple[str, ...]:
     return names
 
 
+def _optional_name(field: str, value: Any) -> str:
+    # "" on the dataclass means "absent" (a 0.1.0 peer); on the wire, a present
+    # field must be a real name.
+    return value if value == "" else _text(field, value, MAX_NAME_BYTES)
+
+
+def _optional_interval(field: str, value: Any) -> Optional[float]:
+    if value is None:
+        return None
+    return _float(field, value, MIN_HEARTBEAT_INTERVAL, MAX_HEARTBEAT_INTERVAL)
+
+
+# A field of a message that is not on the wire by itself (``pause_known``).
+_LOCAL = {"wire": False}
+
+
+@dataclasses.dataclass(frozen=True)
+class PauseState:
+    """The pause in force as the agent sees it: ``remaining`` seconds, ``reason``.
+
+    A duration, not a wall-clock end, for the same reason as :class:`Pause`.
+    """
+
+    remaining: float
+    reason: str = ""
+
+    WIRE_FIELDS: ClassVar[tuple[str, ...]] = ("remaining", "reason")
+
+    def __post_init__(self) -> None:
+        object.__setattr__(
+            self, "remaining", _float("pause.remaining", self.remaining, 0.0, MAX_PAUSE_SECONDS)
+        )
+        _text("pause.reason", self.reason, MAX_TEXT_BYTES, empty=True)
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"remaining": self.remaining, "reason": self.reason}
+
+    @classmethod
+    def from_wire(cls, value: Any) -> Optional[PauseState]:
+        """nil -> None (not paused); a map -> PauseState; anything else is invalid."""
+        if value is None or isinstance(value, PauseState):
+            return value
+        if not isinstance(value, Mapping):
+            raise InvalidMessage("invalid_field", "pause must be nil or a map")
+        if "remaining" not in value:
+            raise InvalidMessage("invalid_field", "pause has no remaining")
+        return cls(**{k: value[k] for k in cls.WIRE_FIELDS if k in value})
+
+    @classmethod
+    def unknown_keys(cls, value: Any) -> int:
+        """Keys of a wire pause map that this version does not know (ignored, counted)."""
+        if not isinstance(value, Mapping):
+            return 0
+        return sum(1 for k in value if k not in cls.WIRE_FIELDS)
+
+
+def _pause_level(message: Any) -> None:
+    """Validate ``pause``/``pause_known``: a pause that is given is known."""
+    pause = PauseState.from_wire(message.pause)
+    object.__setattr__(message, "pause", pause)
+    if not isinstance(message.pause_known, bool):
+        raise InvalidMessage("invalid_field", "pause_known must be a boolean")
+    if pause is not None:
+        object.__setattr__(message, "pause_known", True)
+
+
+_LEVEL_VALUES = ("interval", "boot_id", "start_id")
+
+
+def _level_to_wire(message: Any, body: dict[str, Any]) -> None:
+    """Drop the level fields a message does not know, so it encodes as 0.1.0 did."""
+    for name in _LEVEL_VALUES:
+        if name in body and body[name] in (None, ""):
+            del body[name]
+    if message.pause_known:
+        body["pause"] = None if message.pause is None else message.pause.to_wire()
+    else:
+        del body["pause"]
+
+
+def _level_from_wire(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """A level field on the wire must hold a value; a ``pause`` key, even nil, is known."""
+    out = dict(fields)
+    for name in _LEVEL_VALUES:
+        if name in out and out[name] in (None, ""):
+            raise InvalidMessage("invalid_field", f"{name} is present but empty")
+    if "pause" in out:
+        out["pause_known"] = True
+    return out
+
+
 class Message:
     """Base class: ``TYPE`` names the message on the wire."""
 
     TYPE: ClassVar[str] = ""
 
+    @classmethod
+    def wire_fields(cls) -> tuple[str, ...]:
+        """The field names that travel on the wire (not local flags like ``pause_known``)."""
+        return tuple(
+            f.name
+            for f in dataclasses.fields(cls)  # type: ignore[arg-type]
+            if f.metadata.get("wire", True)
+        )
+
     def to_wire(self) -> dict[str, Any]:
         body: dict[str, Any] = {"type": self.TYPE}
-        for f in dataclasses.fields(self):  # type: ignore[arg-type]
-            body[f.name] = getattr(self, f.name)
+        for name in self.wire_fields():
+            body[name] = getattr(self, name)
         return body
 
     @classmethod
@@ -113,11 +213,17 @@ class Hello(Message):
     boot_id: str
     heartbeat_interval: float
     checks: tuple[str, ...] = ()
+    # Since 0.2 (absent from a 0.1.0 agent: "" / None with pause_known False).
+    start_id: str = ""
+    pause: Optional[PauseState] = None
+    pause_known: bool = dataclasses.field(default=False, metadata=_LOCAL)
 
     def __post_init__(self) -> None:
         _int("protocol_version", self.protocol_version, 1, 255)
         _text("agent_version", self.agent_version, MAX_NAME_BYTES)
         _text("boot_id", self.boot_id, MAX_NAME_BYTES)
+        _optional_name("start_id", self.start_id)
+        _pause_level(self)
         object.__setattr__(
             self,
             "heartbeat_interval",
@@ -133,7 +239,12 @@ class Hello(Message):
     def to_wire(self) -> dict[str, Any]:
         body = super().to_wire()
         body["checks"] = list(self.checks)
+        _level_to_wire(self, body)
         return body
+
+    @classmethod
+    def from_fields(cls, fields: Mapping[str, Any]) -> Message:
+        return cls(**_level_from_wire(fields))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,9 +254,20 @@ class Heartbeat(Message):
     TYPE: ClassVar[str] = "heartbeat"
     seq: int
     checks: tuple[tuple[str, str], ...] = ()
+    # The agent's whole state, since 0.2: a >= 0.2 agent always sends all of
+    # these, a 0.1.0 agent none (None / "" / pause_known False).
+    interval: Optional[float] = None
+    boot_id: str = ""
+    start_id: str = ""
+    pause: Optional[PauseState] = None
+    pause_known: bool = dataclasses.field(default=False, metadata=_LOCAL)
 
     def __post_init__(self) -> None:
         _int("seq", self.seq, 0, MAX_SEQ)
+        object.__setattr__(self, "interval", _optional_interval("interval", self.interval))
+        _optional_name("boot_id", self.boot_id)
+        _optional_name("start_id", self.start_id)
+        _pause_level(self)
         checks = self.checks
         if isinstance(checks, Mapping):
             checks = tuple(checks.items())
@@ -164,11 +286,14 @@ class Heartbeat(Message):
         object.__setattr__(self, "checks", tuple(out))
 
     def to_wire(self) -> dict[str, Any]:
-        return {"type": self.TYPE, "seq": self.seq, "checks": dict(self.checks)}
+        body = super().to_wire()
+        body["checks"] = dict(self.checks)
+        _level_to_wire(self, body)
+        return body
 
     @classmethod
     def from_fields(cls, fields: Mapping[str, Any]) -> Message:
-        fields = dict(fields)
+        fields = _level_from_wire(fields)
         if isinstance(fields.get("checks"), dict):
             fields["checks"] = tuple(fields["checks"].items())
         return cls(**fields)
@@ -240,9 +365,26 @@ class Resume(Message):
     TYPE: ClassVar[str] = "resume"
 
 
+@dataclasses.dataclass(frozen=True)
+class Sync(Message):
+    """Host to guest: "tell me everything" (hello, heartbeat, a failure per failed check).
+
+    The relay writes one on every (re)connect of a channel.  The only message
+    the host sends; a 0.1.0 agent never reads it.
+    """
+
+    TYPE: ClassVar[str] = "sync"
+
+
 MESSAGE_TYPES: dict[str, type[Message]] = {
-    cls.TYPE: cls for cls in (Hello, Heartbeat, Failure, Recovered, Goodbye, Pause, Resume)
+    cls.TYPE: cls for cls in (Hello, Heartbeat, Failure, Recovered, Goodbye, Pause, Resume, Sync)
 }
+# Who may send what.  Both decoders build every type; each side acts only on
+# its own set and counts the rest as ignored.
+GUEST_TO_HOST = frozenset(
+    ("hello", "heartbeat", "failure", "recovered", "goodbye", "pause", "resume")
+)
+HOST_TO_GUEST = frozenset(("sync",))
 
 
 def message_from_wire(obj: Any) -> tuple[Message, int]:
@@ -260,9 +402,10 @@ def message_from_wire(obj: Any) -> tuple[Message, int]:
     cls = MESSAGE_TYPES.get(kind)
     if cls is None:
         raise InvalidMessage("unknown_type", f"unknown message type {kind[:32]!r}")
-    known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    known = set(cls.wire_fields())
     fields = {k: v for k, v in obj.items() if k in known}
     unknown = sum(1 for k in obj if k != "type" and k not in known)
+    unknown += PauseState.unknown_keys(fields.get("pause"))
     try:
         return cls.from_fields(fields), unknown
     except TypeError as exc:  # a required field is missing

@@ -241,9 +241,11 @@ def test_port_vanishes_and_host_returns(tmp_path, host, agent_factory, sock_path
     time.sleep(0.8)
     assert agent.proc.poll() is None
     host.open()
-    got = host.read_until(lambda ms: "heartbeat" in types(ms), timeout=8.0)
-    assert types(got)[:3] == ["hello", "failure", "heartbeat"]
-    assert got[1].check == "v" and got[1].reason == "process iimtest-nope: no process matches"
+    got = host.read_until(lambda ms: "failure" in types(ms), timeout=8.0)
+    # The whole state, in the order of a sync answer: hello, heartbeat, failures.
+    assert types(got)[:3] == ["hello", "heartbeat", "failure"]
+    assert dict(got[1].checks) == {"v": "failed"}
+    assert got[2].check == "v" and got[2].reason == "process iimtest-nope: no process matches"
 
 
 def test_garbage_from_host_is_ignored(tmp_path, host, agent_factory, sock_path):

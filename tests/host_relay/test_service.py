@@ -7,6 +7,7 @@ import contextlib
 import logging
 import os
 import socket
+import sqlite3
 import stat
 
 import pytest
@@ -168,7 +169,8 @@ def test_shutdown_runs_in_order_and_lets_the_sender_finish(state_dir, caplog) ->
         assert relay.sender.stopped_at is not None
         assert relay.channels == {}
         assert not os.path.exists(settings.control_socket)
-        with pytest.raises(Exception):  # noqa: B017 - closed sqlite connection
+        # The relay closed the outbox's sqlite connection on its way out.
+        with pytest.raises(sqlite3.ProgrammingError, match="^Cannot operate on a closed database"):
             relay.outbox.stats(0)
         await g.stop()
 

@@ -24,8 +24,10 @@ from iim_protocol.messages import (
     Hello,
     Message,
     Pause,
+    PauseState,
     Recovered,
     Resume,
+    Sync,
 )
 
 FAST = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -55,22 +57,39 @@ def texts(max_bytes: int, min_size: int = 0) -> st.SearchStrategy[str]:
 
 names = texts(MAX_NAME_BYTES, min_size=1)
 seqs = st.integers(0, MAX_SEQ)
+intervals = st.one_of(
+    st.floats(MIN_HEARTBEAT_INTERVAL, MAX_HEARTBEAT_INTERVAL),
+    st.integers(1, int(MAX_HEARTBEAT_INTERVAL)),
+)
+# The pause level: absent (0.1.0), nil (not paused) or a PauseState.
+pause_levels = st.one_of(
+    st.just({}),
+    st.just({"pause": None, "pause_known": True}),
+    st.builds(
+        PauseState,
+        remaining=st.one_of(st.floats(0.0, MAX_PAUSE_SECONDS), st.integers(0, 3600)),
+        reason=texts(MAX_TEXT_BYTES),
+    ).map(lambda p: {"pause": p}),
+)
 
 hellos = st.builds(
-    Hello,
+    lambda pause, **kw: Hello(**kw, **pause),
+    pause=pause_levels,
     protocol_version=st.integers(1, 255),
     agent_version=names,
     boot_id=names,
-    heartbeat_interval=st.one_of(
-        st.floats(MIN_HEARTBEAT_INTERVAL, MAX_HEARTBEAT_INTERVAL),
-        st.integers(1, int(MAX_HEARTBEAT_INTERVAL)),
-    ),
+    heartbeat_interval=intervals,
     checks=st.lists(names, max_size=MAX_CHECKS, unique=True).map(tuple),
+    start_id=st.one_of(st.just(""), names),
 )
 heartbeats = st.builds(
-    Heartbeat,
+    lambda pause, **kw: Heartbeat(**kw, **pause),
+    pause=pause_levels,
     seq=seqs,
     checks=st.dictionaries(names, st.sampled_from(CHECK_STATES), max_size=MAX_CHECKS),
+    interval=st.one_of(st.none(), intervals),
+    boot_id=st.one_of(st.just(""), names),
+    start_id=st.one_of(st.just(""), names),
 )
 failures = st.builds(Failure, seq=seqs, check=names, reason=texts(MAX_TEXT_BYTES))
 recovereds = st.builds(Recovered, seq=seqs, check=names)
@@ -81,6 +100,7 @@ pauses = st.builds(
     reason=texts(MAX_TEXT_BYTES),
 )
 resumes = st.just(Resume())
+syncs = st.just(Sync())
 STRATEGIES = {
     "hello": hellos,
     "heartbeat": heartbeats,
@@ -89,6 +109,7 @@ STRATEGIES = {
     "goodbye": goodbyes,
     "pause": pauses,
     "resume": resumes,
+    "sync": syncs,
 }
 assert set(STRATEGIES) == set(MESSAGE_TYPES)
 messages = st.one_of(*STRATEGIES.values())
