@@ -179,8 +179,8 @@ class ProgressSample:
 class _Progress:
     sample: ProgressSample
     at: float
-    vcpu_moved_at: float  # the last reading in which the vCPUs used time
-    io_moved_at: float  # the last reading in which block or network counters moved
+    vcpu_moved_at: float  # the last reading in which the vCPUs used time (or the first one)
+    io_moved_at: float  # the last reading in which block or network counters moved (-inf: never)
 
 
 class ProgressTracker:
@@ -203,7 +203,7 @@ class ProgressTracker:
         for uuid, sample in samples.items():
             prev = self._last.get(uuid)
             if prev is None:
-                self._last[uuid] = _Progress(sample, now, now, now)
+                self._last[uuid] = _Progress(sample, now, now, float("-inf"))
                 continue
             if _moved(prev.sample.vcpu_ns, sample.vcpu_ns):
                 prev.vcpu_moved_at = now
@@ -231,7 +231,7 @@ class ProgressTracker:
         if p.at <= silent_since:
             return Unknown("no bulk stats since the silence began")
         stalled = p.at - p.vcpu_moved_at
-        if stalled >= self.vcpu_stall and p.vcpu_moved_at <= silent_since:
+        if stalled >= self.vcpu_stall:
             return Hung(PROGRESS, f"vCPUs used no time for {stalled:.1f}s")
         if self.io_since(uuid, silent_since):
             return Unknown("the guest still does disk or network I/O")

@@ -74,6 +74,7 @@ class DomainSpec:
     disk: str | None = None
     video: bool = False  # a VGA device, as Nova gives every instance: screenshots need one
     console_log: str | None = None  # serial port 0 written to this file, as Nova's console.log
+    panic: bool = False  # a pvpanic ISA device at 0x505: a guest panic becomes a CRASHED event
 
     def __post_init__(self) -> None:
         if not 32 <= self.memory_mib <= 512:
@@ -105,6 +106,8 @@ def domain_xml(spec: DomainSpec, agent_dir: str) -> str:
         devices.append(f"<serial type='pty'><target port='{port}'/></serial>")
     if spec.video:
         devices.append("<video><model type='vga'/></video>")
+    if spec.panic:
+        devices.append("<panic model='isa'><address type='isa' iobase='0x505'/></panic>")
     devices.append("<memballoon model='none'/>")
     body = "\n    ".join(devices)
     return f"""<domain type='qemu'>

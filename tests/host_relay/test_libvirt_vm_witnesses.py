@@ -34,7 +34,7 @@ import pytest
 
 from devtools.vm_image import make_disk
 from host_relay.evidence import CONSOLE, SCREEN, EvidenceStore, collect
-from host_relay.witness_libvirt import WitnessReader, ping_agent
+from host_relay.witness_libvirt import WitnessReader, bulk_progress, ping_agent
 from host_relay.witnesses import Alive, Hung, PingOutcome, ping_verdict
 from tests.host_relay.libvirt_fixture import AGENT_CHANNEL, QEMU, LibvirtDaemon
 from tests.host_relay.test_libvirt_vm import agent_deb, vm_base  # noqa: F401 (fixtures)
@@ -46,6 +46,7 @@ MEMORY_MIB = 512
 BOOT_TIMEOUT = 300.0  # systemd to qemu-ga under TCG: ~30-60 s here, CI may be slower
 PING_TIMEOUT = 2  # the option's default
 PINGS = 5
+STAT_READS = 12  # bulk stats reads 1 s apart: does an idle guest's vCPU time ever stand still?
 LOOP_STEP = 0.01
 
 
@@ -113,6 +114,20 @@ def guest_sh(dom, script: str) -> str:
     raise AssertionError(f"guest-exec {script!r} did not finish in 30 s")
 
 
+def longest_vcpu_standstill(conn, uuid: str, reads: int) -> tuple[float, int]:
+    """(longest run of seconds with no vCPU time used, vCPU ns used) over ``reads`` 1 s apart."""
+    first = last = bulk_progress(conn)[uuid].vcpu_ns
+    still_since = time.monotonic()
+    longest = 0.0
+    for _ in range(reads):
+        time.sleep(1.0)
+        now_ns = bulk_progress(conn)[uuid].vcpu_ns
+        if now_ns != last:
+            still_since, last = time.monotonic(), now_ns
+        longest = max(longest, time.monotonic() - still_since)
+    return longest, last - first
+
+
 def console_text(vmdir: str) -> str:
     try:
         with open(os.path.join(vmdir, "console.log"), errors="replace") as f:
@@ -166,6 +181,10 @@ def test_qemu_ga_answers_a_running_guest_and_times_out_after_a_kernel_panic(
         print(f"\n[vm-witness] boot to first guest-ping answer {first:.1f}s; guest-ping "
               f"median {statistics.median(took) * 1000:.0f} ms, max {max(took) * 1000:.0f} ms")
 
+        idle_still, idle_used = longest_vcpu_standstill(daemon.conn, uuid, STAT_READS)
+        print(f"[vm-witness] idle guest over {STAT_READS}s: vCPU used {idle_used / 1e6:.0f} ms, "
+              f"longest standstill {idle_still:.1f}s")
+
         # The panic, through qemu-ga itself (it returns before the guest dies).
         agent(dom, "guest-exec", {"path": "/bin/sh",
                                   "arg": ["-c", "sleep 0.5; echo c > /proc/sysrq-trigger"]})
@@ -190,6 +209,10 @@ def test_qemu_ga_answers_a_running_guest_and_times_out_after_a_kernel_panic(
               f"{confirmed - panicked:.2f}s; loop lag {lag * 1000:.1f} ms; next ping "
               f"{again.outcome.value} in {again.took:.2f}s")
         assert again.outcome is PingOutcome.TIMED_OUT, again
+
+        panic_still, panic_used = longest_vcpu_standstill(daemon.conn, uuid, 5)
+        print(f"[vm-witness] panicked guest over 5s: vCPU used {panic_used / 1e6:.0f} ms, "
+              f"longest standstill {panic_still:.1f}s")
 
         store = EvidenceStore(str(tmp_path / "evidence"), 2, 64 * 1024 * 1024)
         ev_started = time.monotonic()

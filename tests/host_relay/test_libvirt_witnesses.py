@@ -157,3 +157,94 @@ def test_evidence_without_a_display_or_console_log_says_why(libvirt_domains, tmp
     # Even with nothing taken, the note says what was tried; the NMI still went in.
     assert got.path is not None and os.listdir(got.path) == [NOTE]
     assert got.nmi_injected, got.problems
+
+
+# A boot sector that reports a panic to pvpanic (if there is one), then stops its vCPU:
+#   mov dx,0x505; mov al,1; out dx,al     ; pvpanic: "guest panicked"
+#   halt: cli; hlt; jmp halt              ; interrupts off: the vCPU never runs again
+PANIC_AND_STOP = bytes.fromhex("ba0505b001eefaf4ebfc")
+
+
+def stopping_disk(daemon, name: str) -> str:
+    boot = PANIC_AND_STOP.ljust(510, b"\0") + b"\x55\xaa"
+    return daemon.own_file(os.path.join(daemon.base, f"{name}.img"), boot.ljust(1 << 20, b"\0"))
+
+
+def _witnesses(tmp_path, **kw):
+    from host_relay.settings import WitnessSettings
+    from host_relay.witness_service import Witnesses
+    return Witnesses(WitnessSettings(**kw), str(tmp_path / "evidence"))
+
+
+async def _attached(daemon, witnesses):
+    from host_relay.libvirt_watch import register_event_impl
+    register_event_impl(asyncio.get_running_loop())
+    conn = libvirt.open(daemon.uri)
+    witnesses.attach(conn, libvirt)
+    return conn
+
+
+def test_pvpanic_crash_event_confirms_a_hang_by_itself(libvirt_domains, tmp_path) -> None:
+    daemon, domains = libvirt_domains
+    spec = new_spec(panic=True)
+    spec = DomainSpec(name=spec.name, uuid=spec.uuid, panic=True,
+                      disk=stopping_disk(daemon, spec.name))
+    witnesses = _witnesses(tmp_path)
+
+    async def run():
+        conn = await _attached(daemon, witnesses)
+        try:
+            silent_since = witnesses.clock()
+            dom = daemon.define(spec)
+            domains.append(dom)
+            started = time.monotonic()
+            dom.create()
+            deadline = time.monotonic() + 30
+            while witnesses.status(spec.uuid).last_event is None:
+                assert time.monotonic() < deadline, "no CRASHED event within 30 s"
+                await asyncio.sleep(0.05)
+            seen = time.monotonic() - started
+            verdict = await witnesses.judge(spec.uuid, None, silent_since)
+            return seen, verdict
+        finally:
+            witnesses.detach(conn, libvirt)
+            conn.close()
+            witnesses.close()
+
+    seen, verdict = asyncio.run(run())
+    assert verdict.by == "panic" and verdict.detail == "panicked", verdict
+    assert witnesses.status(spec.uuid).last_event == "panic: panicked"
+    assert witnesses.counters["event:panic"] == 1
+    print(f"\n[witness] domain start -> pvpanic CRASHED event recorded in {seen:.2f}s")
+
+
+def test_stopped_vcpus_confirm_a_hang_through_bulk_stats(libvirt_domains, tmp_path) -> None:
+    daemon, domains = libvirt_domains
+    spec = new_spec(agent_channel=False)
+    spec = DomainSpec(name=spec.name, uuid=spec.uuid, agent_channel=False,
+                      disk=stopping_disk(daemon, spec.name))
+    witnesses = _witnesses(tmp_path, progress_interval=1.0, vcpu_stall=2.0)
+
+    async def run():
+        dom = daemon.start_domain(spec)
+        domains.append(dom)
+        await asyncio.sleep(3.0)  # SeaBIOS boots the sector and the vCPU stops
+        silent_since = witnesses.clock()
+        verdicts = []
+        for _ in range(8):
+            await witnesses.read_progress(daemon.conn)
+            verdicts.append(await witnesses.judge(spec.uuid, dom, silent_since))
+            if verdicts[-1].__class__.__name__ == "Hung":
+                break
+            await asyncio.sleep(1.0)
+        witnesses.close()
+        return verdicts
+
+    verdicts = asyncio.run(run())
+    assert witnesses.stats_available is True
+    last = verdicts[-1]
+    assert getattr(last, "by", None) == "progress", verdicts
+    # Before the stall was long enough, no witness could tell (no qemu-ga channel either).
+    assert isinstance(verdicts[0], Unknown) and "no qemu-guest-agent channel" in verdicts[0].why
+    print(f"\n[witness] stopped vCPU confirmed after {len(verdicts)} bulk reads 1 s apart: "
+          f"{last.describe()}")
