@@ -50,7 +50,8 @@ STAT_READS = 12  # bulk stats reads 1 s apart: does an idle guest's vCPU time ev
 LOOP_STEP = 0.01
 
 
-def nova_domain_xml(name: str, uuid: str, vmdir: str, agent_socket: str) -> str:
+def nova_domain_xml(name: str, uuid: str, vmdir: str, agent_socket: str,
+                    extra_cmdline: str = "") -> str:
     """What Nova defines for an image with hw_qemu_guest_agent=yes (minus NICs), kernel boot."""
     def path(p: str) -> str:
         return quoteattr(os.path.join(vmdir, p))
@@ -64,7 +65,7 @@ def nova_domain_xml(name: str, uuid: str, vmdir: str, agent_socket: str) -> str:
     <type arch='x86_64' machine='q35'>hvm</type>
     <kernel>{escape(os.path.join(vmdir, 'vmlinuz'))}</kernel>
     <initrd>{escape(os.path.join(vmdir, 'initrd.img'))}</initrd>
-    <cmdline>{escape(CMDLINE)}</cmdline>
+    <cmdline>{escape((CMDLINE + " " + extra_cmdline).strip())}</cmdline>
   </os>
   <features><acpi/></features>
   <clock offset='utc'/>
