@@ -248,3 +248,33 @@ def test_stopped_vcpus_confirm_a_hang_through_bulk_stats(libvirt_domains, tmp_pa
     assert isinstance(verdicts[0], Unknown) and "no qemu-guest-agent channel" in verdicts[0].why
     print(f"\n[witness] stopped vCPU confirmed after {len(verdicts)} bulk reads 1 s apart: "
           f"{last.describe()}")
+
+
+def test_witnesses_keep_evidence_off_the_loop_and_name_it_in_status(libvirt_domains,
+                                                                    tmp_path) -> None:
+    daemon, domains = libvirt_domains
+    log = os.path.join(daemon.socket_dir("ev"), "console.log")
+    spec = new_spec(video=True, console_log=log)
+    dom = daemon.start_domain(spec)
+    domains.append(dom)
+    witnesses = _witnesses(tmp_path, evidence_max_per_instance=1, evidence_console_lines=5)
+
+    async def run():
+        stop = asyncio.Event()
+        lag = asyncio.create_task(_loop_lag(stop))
+        first = await witnesses.keep_evidence(daemon.conn, dom, spec.uuid)
+        await asyncio.sleep(0.01)  # a new directory name (millisecond resolution)
+        second = await witnesses.keep_evidence(daemon.conn, dom, spec.uuid)
+        stop.set()
+        return first, second, await lag
+
+    try:
+        first, second, lag = asyncio.run(run())
+    finally:
+        witnesses.close()
+    assert second.path is not None and SCREEN in second.files
+    assert witnesses.status(spec.uuid).evidence == second.path
+    assert witnesses.store.list(spec.uuid) == [second.path]  # max 1 per instance
+    assert not os.path.exists(first.path)
+    assert witnesses.counters["evidence_saved"] == 2
+    assert lag < 0.5, f"the loop was blocked {lag:.2f}s"
