@@ -133,7 +133,7 @@ def screenshot(conn: Any, dom: Any, max_bytes: int = MAX_SCREENSHOT_BYTES) -> by
 
     def sink(_stream: Any, data: bytes, _opaque: Any) -> int:
         if len(buf) + len(data) > max_bytes:
-            return -1  # recvAll aborts the stream
+            return -1  # recvAll aborts the stream and raises RuntimeError
         buf.extend(data)
         return 0
 
@@ -141,11 +141,11 @@ def screenshot(conn: Any, dom: Any, max_bytes: int = MAX_SCREENSHOT_BYTES) -> by
         mime = dom.screenshot(stream, 0, 0)
         stream.recvAll(sink, None)
         stream.finish()
+    except RuntimeError:
+        raise EvidenceError(f"no screenshot: larger than {max_bytes} bytes") from None
     except libvirt.libvirtError as exc:
         with _quiet():
             stream.abort()
-        if len(buf) >= max_bytes - 65536:
-            raise EvidenceError(f"no screenshot: larger than {max_bytes} bytes") from None
         raise EvidenceError(f"no screenshot: {exc}") from None
     if mime == "image/png":
         return bytes(buf)

@@ -16,7 +16,15 @@ import uuid as uuidlib
 import libvirt
 import pytest
 
-from host_relay.evidence import CONSOLE, NOTE, SCREEN, EvidenceStore, collect
+from host_relay.evidence import (
+    CONSOLE,
+    NOTE,
+    SCREEN,
+    EvidenceError,
+    EvidenceStore,
+    collect,
+    screenshot,
+)
 from host_relay.witness_libvirt import WitnessReader, bulk_progress, ping_agent
 from host_relay.witnesses import PingOutcome, ProgressSample, Unknown, ping_verdict
 from tests.host_relay.libvirt_fixture import DomainSpec
@@ -140,6 +148,8 @@ def test_evidence_screenshot_and_console_log_saved_and_bounded(libvirt_domains, 
     assert os.path.exists(os.path.join(last.path, NOTE))
     assert [os.path.basename(p) for p in store.list(spec.uuid)] == [
         os.path.basename(saved[1].path), os.path.basename(saved[2].path)]
+    with pytest.raises(EvidenceError, match="larger than 100 bytes"):
+        screenshot(daemon.conn, dom, max_bytes=100)
     print(f"\n[witness] evidence (screenshot {len(png)} bytes + console tail) in "
           f"{max(took) * 1000:.0f} ms at most")
 
