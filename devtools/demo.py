@@ -10,13 +10,17 @@ What runs (all on 127.0.0.1 and UNIX sockets in a temporary directory):
 4. ``iim-agent``, watching a demo process through that pty.
 
 Then it kills the demo process and prints the notification as Masakari
-recorded it, with the time from the kill to the record.  ``--keep`` leaves
-everything running until Ctrl-C.
+recorded it, with the time from the kill to the record.  Each set-up step is
+one line with how long it took.  ``--keep`` leaves everything running until
+Ctrl-C, SIGTERM or SIGHUP.  However it ends (Ctrl-C, SIGTERM, SIGHUP, an
+error), every process it started is stopped and its temporary directories are
+removed; only a failure keeps the directory with the logs, and says where.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -27,6 +31,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -36,10 +41,55 @@ BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parent.parent
 WAIT_READY = 60.0  # the agent arms the relay within a few seconds here
 WAIT_RECORD = 30.0
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def say(text: str) -> None:
     print(f"==> {text}", flush=True)
+
+
+@contextlib.contextmanager
+def step(text: str) -> Iterator[list]:
+    """One line for a set-up step, printed when it is done, with how long it took.
+
+    The body may append details to the yielded list (known only once done).
+    """
+    started = time.monotonic()
+    details: list = []
+    yield details
+    extra = f" ({'; '.join(details)})" if details else ""
+    say(f"{text}{extra}: {time.monotonic() - started:.1f} s")
+
+
+class Stopped(BaseException):
+    """SIGINT (Ctrl-C), SIGTERM or SIGHUP: stop and clean up."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+_held: dict = {"on": False, "pending": None}
+
+
+def _raise_stopped(signum: int, _frame: object) -> None:
+    if _held["on"]:
+        _held["pending"] = _held["pending"] or signum
+        return
+    raise Stopped(signum)
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """Delay a stop signal until the block is done (it raises Stopped then)."""
+    _held["on"] = True
+    try:
+        yield
+    finally:
+        _held["on"] = False
+        pending, _held["pending"] = _held["pending"], None
+    if pending:
+        raise Stopped(pending)
 
 
 def wait_for(what: str, predicate: Callable[[], object], timeout: float, step: float = 0.05):
@@ -64,22 +114,30 @@ class Demo:
         self.short = Path(tempfile.mkdtemp(prefix="iim-", dir="/tmp"))
         self.channels = self.short / "ch"
         self.agent_conf = self.dir / "agent.yaml"
+        # The agent matches the process by name on the whole machine: a name of this demo's
+        # own (at most 15 characters, the kernel's comm) so that two demos never mix.
+        self.app_name = f"iim-app-{self.instance[:6]}"
 
     def spawn(self, name: str, argv: list, log: str) -> subprocess.Popen:
         out = open(self.dir / log, "ab")  # noqa: SIM115 - the child keeps it
         env = dict(os.environ, PYTHONPATH=str(ROOT))  # for python -m devtools.ptybridge
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, cwd=self.dir, env=env)
-        out.close()
-        self.procs.append((name, proc))
+        # A stop signal between the fork and the append would leave the child unknown
+        # to cleanup(): hold it until the child is on the list.
+        with _signals_held():
+            try:
+                proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
+                                        stdin=subprocess.DEVNULL, cwd=self.dir, env=env)
+                self.procs.append((name, proc))
+            finally:
+                out.close()
         return proc
 
     def start_masakari(self) -> None:
-        say("starting a real masakari-api on 127.0.0.1 (sqlite, noauth2)")
-        self.server = start_server(self.dir / "masakari")
-        self.server.create_host(self.host)
-        say(f"masakari-api at {self.server.url}; segment {self.server.segment_uuid}, "
-            f"host {self.host!r} registered")
+        with step("masakari-api, real, on 127.0.0.1 with sqlite and noauth2") as details:
+            self.server = start_server(self.dir / "masakari")
+            self.server.create_host(self.host)
+            details.append(f"{self.server.url}; segment {self.server.segment_uuid}, "
+                           f"host {self.host!r} registered")
 
     def start_relay(self) -> None:
         self.channels.mkdir()
@@ -98,21 +156,22 @@ class Demo:
             "auth_type = none\n"
             f"endpoint = {self.server.url}\n"
         )
-        say("starting iim-relay")
-        self.spawn("iim-relay", [str(BIN / "iim-relay"), "run", "--config-file",
-                                 str(self.relay_conf)], "iim-relay.out")
+        with step("iim-relay started"):
+            self.spawn("iim-relay", [str(BIN / "iim-relay"), "run", "--config-file",
+                                     str(self.relay_conf)], "iim-relay.out")
 
     def start_guest(self) -> subprocess.Popen:
         sock = self.channels / f"{self.instance}.sock"
         port = self.dir / "org.openstack.iim.0"
-        say(f"instance {self.instance}: pty bridge {port} <-> {sock} (stands in for QEMU)")
-        self.spawn("ptybridge", [sys.executable, "-m", "devtools.ptybridge", "--socket",
-                                 str(sock), "--link", str(port)], "ptybridge.log")
-        wait_for("the bridge's socket", sock.exists, 10)
-        # Like QEMU with the relay attached: start the guest once the host end is connected.
-        wait_for("the relay to connect to the channel",
-                 lambda: "host connected" in (self.dir / "ptybridge.log").read_text(), 30)
-        app = self.dir / "iim-demo-app"
+        with step(f"instance {self.instance}: pty bridge {port} <-> {sock} (stands in for "
+                  "QEMU), the relay connected"):
+            self.spawn("ptybridge", [sys.executable, "-m", "devtools.ptybridge", "--socket",
+                                     str(sock), "--link", str(port)], "ptybridge.log")
+            wait_for("the bridge's socket", sock.exists, 10)
+            # Like QEMU with the relay attached: start the guest once the host end is connected.
+            wait_for("the relay to connect to the channel",
+                     lambda: "host connected" in (self.dir / "ptybridge.log").read_text(), 30)
+        app = self.dir / self.app_name
         shutil.copy(shutil.which("sleep") or "/bin/sleep", app)
         victim = self.spawn("demo app", [str(app), "100000"], "demo-app.log")
         self.agent_conf.write_text(
@@ -121,17 +180,18 @@ class Demo:
             f"control_socket: {self.short / 'agent.sock'}\n"
             "checks:\n"
             "  - name: demo-app\n"
-            "    process: iim-demo-app\n"
+            f"    process: {self.app_name}\n"
             "    grace: 0\n"
         )
-        say(f"starting iim-agent, watching process 'iim-demo-app' (pid {victim.pid})")
         self.spawn("iim-agent", [str(BIN / "iim-agent"), "run", "-c", str(self.agent_conf)],
                    "iim-agent.log")
         return victim
 
     def relay_status(self) -> dict:
-        out = subprocess.run([str(BIN / "iim-relay"), "status", "--json", "--config-file",
-                              str(self.relay_conf)], capture_output=True, text=True, timeout=10)
+        with _signals_held():  # a short command: let it finish rather than orphan it
+            out = subprocess.run([str(BIN / "iim-relay"), "status", "--json", "--config-file",
+                                  str(self.relay_conf)], capture_output=True, text=True,
+                                 timeout=10)
         return json.loads(out.stdout) if out.returncode == 0 and out.stdout.strip() else {}
 
     def instance_state(self) -> str:
@@ -139,7 +199,8 @@ class Demo:
         return str((inst.get("detector") or {}).get("state", "")).lower()
 
     def show(self, title: str, argv: list) -> None:
-        out = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+        with _signals_held():
+            out = subprocess.run(argv, capture_output=True, text=True, timeout=10)
         say(title)
         print(out.stdout.rstrip() or out.stderr.rstrip(), flush=True)
 
@@ -147,9 +208,10 @@ class Demo:
         self.start_masakari()
         self.start_relay()
         victim = self.start_guest()
-        wait_for("the relay to arm the instance's detector",
-                 lambda: self.instance_state() == "armed", WAIT_READY, 0.2)
-        say("the relay has the agent's hello and heartbeats: detector armed")
+        with step(f"iim-agent watching process '{self.app_name}' (pid {victim.pid}); the relay "
+                  "has its hello and heartbeats: detector armed"):
+            wait_for("the relay to arm the instance's detector",
+                     lambda: self.instance_state() == "armed", WAIT_READY, 0.2)
         self.show("iim-agent status", [str(BIN / "iim-agent"), "status", "-c",
                                        str(self.agent_conf)])
         say(f"killing the demo app (kill -9 {victim.pid})")
@@ -168,6 +230,15 @@ class Demo:
         return elapsed
 
     def cleanup(self) -> None:
+        # A second Ctrl-C, SIGTERM or SIGHUP must not cut the cleanup short.
+        previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in STOP_SIGNALS}
+        try:
+            self._stop_all()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _stop_all(self) -> None:
         for _name, proc in reversed(self.procs):
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
@@ -185,29 +256,38 @@ class Demo:
 def main(argv: Optional[list] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--keep", action="store_true",
-                        help="leave everything running until Ctrl-C, and keep the directory")
+                        help="leave everything running until Ctrl-C, SIGTERM or SIGHUP")
     args = parser.parse_args(argv)
+    for sig in STOP_SIGNALS:  # Ctrl-C too, so that it waits for a spawn to be recorded
+        signal.signal(sig, _raise_stopped)
     workdir = Path(tempfile.mkdtemp(prefix="iim-demo-"))
     demo = Demo(workdir)
+    keep_logs = False
+    status = 0
+    finished = False
     try:
         demo.run()
+        finished = True
         if args.keep:
-            say(f"running on; logs and configs in {workdir}; try: "
-                f"{BIN / 'iim-relay'} status --config-file {demo.relay_conf}")
-            say("Ctrl-C to stop")
-            try:
-                signal.pause()
-            except KeyboardInterrupt:
-                pass
+            say(f"running on; logs and configs in {workdir}; try:")
+            print(f"    {BIN / 'iim-relay'} status --config-file {demo.relay_conf}\n"
+                  f"    {BIN / 'iim-agent'} status -c {demo.agent_conf}", flush=True)
+            say(f"Ctrl-C (or kill {os.getpid()}) stops it all and removes {workdir}")
+            signal.pause()
+    except (KeyboardInterrupt, Stopped) as exc:  # Stopped(SIGINT) for Ctrl-C
+        signum = exc.signum if isinstance(exc, Stopped) else signal.SIGINT
+        say(f"{signal.Signals(signum).name}: stopping everything")
+        # How a --keep demo is meant to end; anything earlier cut the demo short.
+        status = 0 if finished and args.keep else 128 + signum
     except BaseException:
         print(f"demo: failed; logs are in {workdir}", file=sys.stderr)
-        args.keep = True
+        keep_logs = True
         raise
     finally:
         demo.cleanup()
-        if not args.keep:
+        if not keep_logs:
             shutil.rmtree(workdir, ignore_errors=True)
-    return 0
+    return status
 
 
 if __name__ == "__main__":

@@ -273,8 +273,8 @@ def start_server(workdir: Path) -> MasakariServer:
     """Configure, migrate and start masakari-api, with one failover segment."""
     server = MasakariServer(workdir)
     server.db_sync()
-    server.start()
-    try:
+    try:  # a signal or an error while it starts must not leave masakari-api running
+        server.start()
         server.create_segment()
     except BaseException:
         server.stop()

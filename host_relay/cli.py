@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import signal
 import sys
 import time
@@ -36,13 +35,19 @@ def _conf_argv(config_files: Iterable[str]) -> list[str]:
     return argv
 
 
-def _load(config_files: Sequence[str]):
-    """(conf, settings) or exit 2 with the operator message on stderr."""
+def _load(config_files: Sequence[str], *, to_run: bool = False, debug: bool = False):
+    """(conf, settings) or exit 2 with the operator message on stderr.
+
+    ``to_run``: also require a usable [masakari] group and set up logging.
+    """
     from host_relay import conf as relay_conf
 
     try:
-        conf = relay_conf.load(_conf_argv(config_files))
+        conf = relay_conf.load(_conf_argv(config_files) + (["--debug"] if debug else []))
         settings = relay_conf.settings_from(conf)
+        if to_run:
+            relay_conf.check_masakari(conf)
+            relay_conf.setup_logging(conf)
     except relay_conf.ConfigError as exc:
         click.echo(f"iim-relay: configuration error: {exc}", err=True)
         sys.exit(EXIT_CONFIG)
@@ -50,14 +55,14 @@ def _load(config_files: Sequence[str]):
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(iim_protocol.__version__, prog_name="iim-relay")
+@click.version_option(iim_protocol.__version__, "-V", "--version", prog_name="iim-relay")
 def cli() -> None:
     """iim-relay: intrusive instance monitoring for OpenStack Masakari, compute-host side.
 
-    The relay connects to every instance's guest channel (a UNIX socket
-    <socket_dir>/<instance-uuid>.sock that QEMU listens on), runs a failure
-    detector per instance, and reports failed instances to Masakari through a
-    durable outbox.
+    The relay connects to every instance's guest channel (a UNIX socket QEMU
+    listens on: hot-plugged through libvirt, or <socket_dir>/<uuid>.sock),
+    runs a failure detector per instance, and reports failed instances to
+    Masakari through a durable outbox.
 
     \b
     Commands:
@@ -74,26 +79,31 @@ def cli() -> None:
 
 @cli.command()
 @click.option("--config-file", "config_files", multiple=True, metavar="FILE", help=_CONFIG_HELP)
-def run(config_files: Sequence[str]) -> None:
+@click.option("-v", "--debug", is_flag=True,
+              help="Log debug messages too (as [DEFAULT] debug = true does).")
+def run(config_files: Sequence[str], debug: bool) -> None:
     """Run the relay in the foreground until SIGTERM or SIGINT.
 
-    Reads the configuration, opens the outbox in [DEFAULT] state_path, watches
-    [channels] socket_dir for instance channels and delivers notifications to
-    Masakari as configured in [masakari].  On SIGTERM it stops watching,
+    Reads the configuration, opens the outbox in [DEFAULT] state_path, finds
+    instance channels through libvirt (hot-plugging them) and in [channels]
+    socket_dir, and delivers notifications to Masakari as configured in
+    [masakari].  On SIGTERM it stops watching,
     closes the channels, gives an in-flight delivery up to shutdown_grace
     seconds, and exits 0; undelivered notifications stay in the outbox.
 
-    Exit status: 0 after a clean shutdown, 2 for a configuration error, 1 for
-    any other start-up failure (for example another relay already running).
+    Exit status: 0 after a clean shutdown, 2 for a configuration error
+    (including a [masakari] group without a usable auth_type and credentials
+    or endpoint), 1 for any other start-up failure (for example another relay
+    already running).
 
     \b
     Example:
       iim-relay run --config-file /etc/iim/relay.conf
+      iim-relay run --config-file /etc/iim/relay.conf --debug
     """
     from host_relay import conf as relay_conf
 
-    conf, settings = _load(config_files)
-    relay_conf.setup_logging(conf)
+    conf, settings = _load(config_files, to_run=True, debug=debug)
     from host_relay.control import ControlError
     from host_relay.limits import raise_nofile_limit
 
@@ -105,6 +115,9 @@ def run(config_files: Sequence[str]) -> None:
         LOG.error("%s", exc)
         click.echo(f"iim-relay: {exc}", err=True)
         sys.exit(1)
+    except relay_conf.ConfigError as exc:  # the outbox cannot be opened: file, cause, fix
+        click.echo(f"iim-relay: {exc}", err=True)
+        sys.exit(EXIT_CONFIG)
     except Exception as exc:  # noqa: BLE001 - start-up failures end with one clear line
         LOG.exception("iim-relay failed")
         click.echo(f"iim-relay: {exc}", err=True)
@@ -114,13 +127,12 @@ def run(config_files: Sequence[str]) -> None:
 async def _run(conf: Any, settings: Any, detector_config: dict[str, Any]) -> None:
     from host_relay.conf.masakari import GROUP
     from host_relay.masakari_client import client_from_conf
-    from host_relay.outbox import Outbox
+    from host_relay.outbox_open import open_outbox
     from host_relay.sender import Sender
     from host_relay.service import Relay
     from host_relay.systemd import notify, watchdog_interval
 
-    os.makedirs(settings.state_path, mode=0o700, exist_ok=True)
-    outbox = Outbox(settings.outbox_path)
+    outbox = open_outbox(settings.state_path, settings.outbox_path)
     d = settings.delivery
     client = client_from_conf(conf, GROUP, read_timeout=d.request_timeout)
     sender = Sender(outbox, client, backoff_initial=d.backoff_initial,

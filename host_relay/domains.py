@@ -169,10 +169,24 @@ def socket_path(socket_dir: str, uuid: str) -> str:
     return os.path.join(socket_dir, f"{uuid}{SOCKET_SUFFIX}")
 
 
-def channel_xml(path: str) -> str:
-    """The device the relay hot-plugs: QEMU listens on ``path``, the guest sees the named port."""
-    return (f"<channel type='unix'><source mode='bind' path={quoteattr(path)}/>"
+def channel_xml(path: Optional[str] = None) -> str:
+    """The device the relay hot-plugs: QEMU listens on a socket, the guest sees the named port.
+
+    Without ``path`` (what the relay hot-plugs) libvirt picks the socket itself,
+    in its channel target directory beside Nova's qemu-ga socket
+    (``.../qemu/channel/target/domain-N-NAME/org.openstack.iim.0``), created and
+    labelled by libvirt's own security drivers; the live XML then names it.
+    """
+    source = "<source mode='bind'/>" if path is None else (
+        f"<source mode='bind' path={quoteattr(path)}/>")
+    return (f"<channel type='unix'>{source}"
             f"<target type='virtio' name='{CHANNEL_NAME}'/></channel>")
+
+
+def is_libvirt_channel_path(path: str) -> bool:
+    """A socket libvirt placed itself: ``.../domain-N-NAME/org.openstack.iim.0``."""
+    parent, name = os.path.split(path)
+    return name == CHANNEL_NAME and os.path.basename(parent).startswith("domain-")
 
 
 def parse_endpoint(path: str) -> tuple[str, object]:
@@ -282,9 +296,9 @@ def attach_hint(message: str) -> str:
     if "no virtio-serial controllers" in text:
         return FIX_NO_CONTROLLER
     if "unable to unlink" in text or "permission denied" in text:
-        return ("the QEMU user cannot create the socket: check the owner and mode of "
-                "[channels] socket_dir ([libvirt] socket_owner/socket_group) and remove "
-                "stale sockets owned by another user")
+        return ("the QEMU user cannot create the socket in libvirt's channel directory "
+                "(/var/lib/libvirt/qemu/channel/target): check that libvirtd owns it and "
+                "that the security driver (SELinux, AppArmor) labels are libvirt's own")
     if "not supported" in text:
         return "this libvirt driver cannot hot-plug devices (the test driver cannot); use QEMU/KVM"
     if "already exists" in text:

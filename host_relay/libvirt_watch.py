@@ -34,7 +34,6 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import os
 import random
 import time
 from typing import Any, Callable, Optional
@@ -375,24 +374,29 @@ class DomainWatcher:
             inactive = domains.parse_domain(self._call(
                 "XMLDesc", dom.XMLDesc, libvirt.VIR_DOMAIN_XML_INACTIVE))
             return domains.ORIGIN_STATIC if inactive.channel_path else domains.ORIGIN_HOTPLUG
+        # Transient: libvirt's own path (what the relay hot-plugs), or socket_dir's
+        # <uuid>.sock (what relays before 0.1 hot-plugged), else someone else's.
         ours = domains.socket_path(self.socket_dir, info.uuid)
-        return domains.ORIGIN_HOTPLUG if info.channel_path == ours else domains.ORIGIN_STATIC
+        hotplugged = (domains.is_libvirt_channel_path(info.channel_path)
+                      or info.channel_path == ours)
+        return domains.ORIGIN_HOTPLUG if hotplugged else domains.ORIGIN_STATIC
 
     def _attach(self, entry: _Domain, dom: Any, libvirt: Any) -> bool:
-        """Hot-plug the channel once per failed start; True if it is there now."""
+        """Hot-plug the channel once per failed start; True if it is there now.
+
+        The channel has no path: libvirt creates the socket in its channel
+        target directory, with its own ownership and security labels, and the
+        live XML read back afterwards says where.
+        """
         if entry.attach_failed_start == entry.start_id or (
                 entry.attaches_this_start >= MAX_ATTACH_PER_START):
             return False  # reported already; a new start (or a relay restart) tries again
-        path = domains.socket_path(self.socket_dir, entry.uuid)
-        if os.path.lexists(path):
-            # The live XML has no channel there, so no QEMU of this domain listens on it.
-            if socket_dir.remove_if_stale(path):
-                self.stale_removed.append(path)
         entry.attach_attempts += 1
         entry.attaches_this_start += 1
         try:
-            self._call("attachDeviceFlags", dom.attachDeviceFlags, domains.channel_xml(path),
+            self._call("attachDeviceFlags", dom.attachDeviceFlags, domains.channel_xml(),
                        libvirt.VIR_DOMAIN_AFFECT_LIVE)
+            path = domains.parse_domain(self._call("XMLDesc", dom.XMLDesc, 0)).channel_path
         except libvirt.libvirtError as exc:
             message = exc.get_error_message() or str(exc)
             entry.attach_failed_start = entry.start_id
@@ -403,7 +407,14 @@ class DomainWatcher:
                               f"hot-plugging the channel failed: {message}",
                               domains.attach_hint(message), once_per_start=True)
             return False
-        LOG.info("Domain %s (%s): hot-plugged the iim channel at %s",
+        if not path:
+            entry.attach_failed_start = entry.start_id
+            entry.last_error = "no socket path in the live XML after the attach"
+            self._set_problem(entry, domains.ATTACH_FAILED,
+                              "libvirt attached the channel but its live XML names no socket",
+                              "see the libvirtd log for the domain", once_per_start=True)
+            return False
+        LOG.info("Domain %s (%s): hot-plugged the iim channel; libvirt put its socket at %s",
                  entry.uuid, entry.name, path)
         entry.hotplugged_path = path
         entry.attach_failed_start = None

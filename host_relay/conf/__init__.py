@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from host_relay.conf.loader import (
         ConfigError,
         check,
+        config_files,
         config_warnings,
         detector_config_from,
         load,
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
 _LOADER_NAMES = frozenset({
     "ConfigError",
     "check",
+    "config_files",
     "config_warnings",
     "detector_config_from",
     "load",
@@ -53,6 +55,7 @@ def __getattr__(name: str) -> Any:
 
 
 CONF = cfg.CONF
+check_masakari = masakari.check_usable
 
 
 def register_opts(conf: cfg.ConfigOpts) -> None:
@@ -67,6 +70,8 @@ __all__ = [
     "CONF",
     "ConfigError",
     "check",
+    "check_masakari",
+    "config_files",
     "config_warnings",
     "detector_config_from",
     "load",

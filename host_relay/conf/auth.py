@@ -4,8 +4,8 @@ what is missing.
 keystoneauth registers a plugin's options only when the client loads it, so
 their values would be checked hours later.  :func:`register_auth_plugin`
 registers them at start-up (as keystoneauth's loader will) so the loader
-checks them with the rest; :func:`auth_warnings` names what a usable but
-incomplete set-up lacks.
+checks them with the rest.  Whether the set-up is complete enough to run is
+``host_relay.conf.masakari.check_usable``'s question, asked before ``run``.
 """
 
 from __future__ import annotations
@@ -73,36 +73,4 @@ def register_auth_plugin(conf: cfg.ConfigOpts, files: Sequence[ConfigFile]) -> l
         ]
     conf.register_opts(plugin_opts, group=section)
     oslo_private.stash(conf, PLUGIN_STASH, (section, plugin_opts))
-    return []
-
-
-def auth_warnings(conf: cfg.ConfigOpts) -> list[str]:
-    """What a usable but incomplete authentication set-up lacks (the relay still starts)."""
-    section = _auth_section(conf)
-    name = conf[section].auth_type
-    group = conf[masakari.GROUP]
-    if name == "none":
-        if not conf[section].endpoint and not group.endpoint_override:
-            return [
-                f"[{section}] auth_type = none has no service catalog to find masakari-api in: "
-                f"set [{section}] endpoint = http://HOST:15868; notifications wait in the "
-                "outbox until it is set"
-            ]
-        return []
-    if not name:
-        return [
-            f"[{section}] auth_type is not set: the relay cannot authenticate to masakari-api; "
-            "set auth_type = password (Keystone) or none (with endpoint = URL)"
-        ]
-    missing = [
-        o.dest
-        for o in ks_loading.get_plugin_loader(name).get_options()
-        if o.required and not conf[section][o.dest]
-    ]
-    if missing:
-        return [
-            f"[{section}] auth_type = {name} needs {', '.join(missing)}: set "
-            f"{' and '.join(missing)} (or auth_type = none with endpoint = URL for a "
-            "masakari-api without Keystone); notifications wait in the outbox until then"
-        ]
     return []

@@ -26,6 +26,7 @@ from host_relay.settings import (
 
 # load() keeps its warnings on the ConfigOpts it parsed (oslo's ConfigOpts has no place for them).
 WARNINGS_STASH = "_iim_config_warnings"
+FILES_STASH = "_iim_config_files"  # the files load() read, in oslo's order
 
 # One field per [detector] option (tests/host_relay/test_conf_bounds.py checks it).
 DETECTOR_FIELDS = tuple(f.name for f in dataclasses.fields(DetectorConfig))
@@ -46,8 +47,13 @@ def from_options(cls: type[T], conf: cfg.ConfigOpts, **extra: Any) -> T:
 
 
 def config_warnings(conf: cfg.ConfigOpts) -> list[str]:
-    """What ``load`` found suspicious but usable: unknown options, incomplete auth."""
+    """What ``load`` found suspicious but usable: unknown sections and options."""
     return list(oslo_private.stashed(conf, WARNINGS_STASH, []))
+
+
+def config_files(conf: cfg.ConfigOpts) -> list[str]:
+    """The files ``load`` read, later ones overriding earlier ones."""
+    return list(oslo_private.stashed(conf, FILES_STASH, []))
 
 
 def settings_from(conf: cfg.ConfigOpts) -> RelaySettings:

@@ -12,7 +12,9 @@ channels_group = cfg.OptGroup(
     help="""
 How the relay finds and reads each instance's channel: the UNIX socket
 QEMU listens on for the instance's ``org.openstack.iim.0`` virtio-serial
-port.
+port. Channels the relay hot-plugs through libvirt get their socket from
+libvirt (in its channel target directory); ``socket_dir`` is for static
+channels and set-ups without libvirt.
 """,
 )
 
@@ -21,11 +23,13 @@ channels_opts = [
         "socket_dir",
         default="/var/lib/iim/channels",
         help="""
-Directory holding one ``<instance-uuid>.sock`` per monitored instance:
-the UNIX socket QEMU creates for the instance's iim channel. QEMU (the
-libvirt QEMU user) must be able to create sockets here and the relay
-must be able to connect to them; a stale socket owned by another user
-makes attaching the channel fail.
+Directory for static channels: one ``<instance-uuid>.sock`` per
+instance whose domain XML already names a socket here (a patched Nova,
+or no libvirt at all: ``[libvirt] connection_uri`` empty), the UNIX
+socket QEMU creates for the instance's iim channel. QEMU (the libvirt
+QEMU user) must be able to create sockets here and the relay must be
+able to connect to them. Hot-plugged channels do not use it: libvirt
+places their sockets in its own channel directory.
 """,
     ),
     cfg.FloatOpt(

@@ -117,7 +117,8 @@ at most 4 serial ports, hence the maximum 3.
         default="",
         help="""
 Owner of ``[channels] socket_dir``, the user QEMU runs as (it creates
-the channel sockets there). Empty: ``libvirt-qemu`` (Debian, Ubuntu) or
+static channels' sockets there; hot-plugged channels need no owner, libvirt
+places them in its own directory). Empty: ``libvirt-qemu`` (Debian, Ubuntu) or
 ``qemu`` (RHEL and derivatives), whichever exists; if neither exists the
 owner is left alone. The relay makes the directory mode 0770 so only that
 user, its group and root get in.

@@ -33,7 +33,9 @@ import iim_protocol
 from host_relay.conf import auth, oslo_private, sources
 from host_relay.conf.build import (
     DETECTOR_FIELDS,
+    FILES_STASH,
     WARNINGS_STASH,
+    config_files,
     config_warnings,
     detector_config_from,
     settings_from,
@@ -47,6 +49,7 @@ __all__ = [
     "PACKAGED_CONFIG_FILE",
     "ConfigError",
     "check",
+    "config_files",
     "config_warnings",
     "detector_config_from",
     "find_default_config_files",
@@ -178,8 +181,8 @@ def load(
     if problems:
         raise ConfigError(problems)
 
-    warnings = unknown_options(conf, files) + auth.auth_warnings(conf)
-    oslo_private.stash(conf, WARNINGS_STASH, warnings)
+    oslo_private.stash(conf, WARNINGS_STASH, unknown_options(conf, files))
+    oslo_private.stash(conf, FILES_STASH, [parsed.path for parsed in files])
     return conf
 
 
@@ -188,8 +191,19 @@ def _cli_problems(conf: cfg.ConfigOpts, argv: Sequence[str]) -> list[str]:
 
 
 def setup_logging(conf: cfg.ConfigOpts, argv0: str = PROG) -> None:
-    """Set up oslo.log from a loaded conf, then log what :func:`load` warned about."""
-    logging.setup(conf, argv0, version=iim_protocol.__version__)
+    """Set up oslo.log from a loaded conf, then log what :func:`load` warned about.
+
+    Raises ConfigError when the log file cannot be opened.
+    """
+    try:
+        logging.setup(conf, argv0, version=iim_protocol.__version__)
+    except OSError as exc:  # log_file or log_dir that cannot be opened
+        target = exc.filename or conf.log_file
+        raise ConfigError(
+            f"{(config_files(conf) or ['the command line'])[-1]}: [DEFAULT] log_file "
+            f"{target} cannot be opened ({exc.strerror}): create its directory, make it "
+            "writable by the user iim-relay runs as, or remove log_file to log to stderr"
+        ) from None
     log = logging.getLogger(__name__)
     for warning in config_warnings(conf):
         log.warning("%s", warning)

@@ -164,3 +164,86 @@ def keystoneauth_opts() -> list[cfg.Opt]:
 
 def list_opts() -> dict[cfg.OptGroup, list[cfg.Opt]]:
     return {masakari_group: masakari_opts + keystoneauth_opts()}
+
+
+# --- is the group usable? -----------------------------------------------------------------------
+
+# Besides each plugin's required options (auth_url...), who is authenticating: keystoneauth
+# accepts a password plugin without a user and fails only at the first request.
+# plugin -> alternatives, each a tuple of options that together suffice.
+_IDENTITY = {
+    "password": (("username", "password"), ("user_id", "password")),
+    "v3password": (("username", "password"), ("user_id", "password")),
+    "token": (("token",),),
+    "v3token": (("token",),),
+    "v3applicationcredential": (
+        ("application_credential_id", "application_credential_secret"),
+        ("application_credential_name", "username", "application_credential_secret"),
+        ("application_credential_name", "user_id", "application_credential_secret"),
+    ),
+    "none": (("endpoint",), ("endpoint_override",)),
+}
+
+KEYSTONE_EXAMPLE = ("auth_url = http://KEYSTONE:5000/v3, username, password, project_name, "
+                    "user_domain_name and project_domain_name")
+NOAUTH_EXAMPLE = "auth_type = none and endpoint = http://MASAKARI-API:15868"
+
+
+def _missing(conf: cfg.ConfigOpts, section: str, name: str) -> list[str]:
+    """Options [section] still needs for ``auth_type = name``, in the order to write them."""
+    group = conf[section]
+
+    def unset(dest: str) -> bool:
+        if dest == "endpoint_override":
+            return not conf[GROUP].endpoint_override
+        return dest not in group or not group[dest]
+
+    required = [o.dest for o in ks_loading.get_plugin_loader(name).get_options()
+                if o.required and unset(o.dest)]
+    choices = _IDENTITY.get(name)
+    if choices and all(any(unset(d) for d in choice) for choice in choices):
+        first = choices[0]
+        required += [d for d in first if unset(d) and d not in required]
+    return required
+
+
+def _and(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+
+
+def check_usable(conf: cfg.ConfigOpts) -> None:
+    """Raise ConfigError unless [masakari] can authenticate and find masakari-api.
+
+    ``iim-relay run`` calls it after loading: a relay that can never deliver
+    must say so at once (exit status 2), not queue notifications forever nor
+    fail in keystoneauth at the first one.  The message names the file to
+    write, the options missing and the two usual set-ups.
+    """
+    from host_relay.conf.loader import ConfigError, config_files
+
+    section = conf[GROUP].auth_section or GROUP
+    name = conf[section].auth_type
+    files = config_files(conf)
+    if files:
+        where = files[-1]
+    else:
+        where = ("no configuration file was read (looked for /etc/iim/relay.conf; "
+                 "give one with --config-file)")
+    fix = (f"for Keystone set auth_type = password with {KEYSTONE_EXAMPLE}; for a "
+           f"masakari-api without Keystone set {NOAUTH_EXAMPLE}")
+    if not name:
+        raise ConfigError(f"{where}: [{section}] auth_type is not set, so iim-relay cannot reach "
+                          f"masakari-api: {fix}")
+    missing = _missing(conf, section, name)
+    if missing:
+        set_by_user = conf.get_location("auth_type", section).location.is_user_controlled
+        default = "" if set_by_user else " (the default)"
+        raise ConfigError(
+            f"{where}: [{section}] auth_type = {name}{default} needs {_and(missing)}, "
+            f"so iim-relay cannot reach masakari-api: write them in [{section}]; {fix}")
+    try:  # what keystoneauth will do at the first notification, done now
+        auth = ks_loading.load_auth_from_conf_options(conf, GROUP)  # follows auth_section
+        ks_loading.load_session_from_conf_options(conf, GROUP, auth=auth)
+    except Exception as exc:  # noqa: BLE001 - every keystoneauth refusal is a config error
+        raise ConfigError(f"{where}: [{section}] auth_type = {name}: keystoneauth refuses the "
+                          f"options ({type(exc).__name__}: {exc}): {fix}") from None

@@ -143,9 +143,15 @@ def test_defaults_load_without_a_file():
     assert conf.masakari.auth_type == "password"
     assert conf.masakari.service_type == "instance-ha"
     assert conf.masakari.noauth_token == "admin:admin"
-    # Usable, but the operator is told that Keystone credentials are missing.
-    (warning,) = relay_conf.config_warnings(conf)
-    assert "auth_type = password needs auth_url" in warning
+    assert relay_conf.config_warnings(conf) == []
+    # Loadable (`status` needs no credentials), but `run` refuses it at once.
+    with pytest.raises(relay_conf.ConfigError) as info:
+        relay_conf.check_masakari(conf)
+    assert str(info.value).startswith(
+        "no configuration file was read (looked for /etc/iim/relay.conf; give one with "
+        "--config-file): [masakari] auth_type = password (the default) needs auth_url, "
+        "username and password, so iim-relay cannot reach masakari-api"
+    )
 
 
 def test_defaults_match_the_plain_settings():
@@ -405,9 +411,6 @@ def test_unknown_option_warns_with_the_closest_name(tmp_path):
     assert relay_conf.config_warnings(conf) == [
         f"{path}: [detector] missed_heartbeat is not a known option and is ignored; "
         "did you mean missed_heartbeats? (line 7)",
-        "[masakari] auth_type = password needs auth_url: set auth_url (or auth_type = none "
-        "with endpoint = URL for a masakari-api without Keystone); notifications wait in "
-        "the outbox until then",
     ]
     assert conf.detector.missed_heartbeats == 10  # oslo ignored it: hence the warning
 
@@ -462,14 +465,50 @@ def test_auth_type_none_with_endpoint(tmp_path):
     ks_loading.load_session_from_conf_options(conf, "masakari", auth=auth)
 
 
-def test_auth_type_none_without_endpoint_warns(tmp_path):
+def _unusable(path: str) -> str:
+    conf = _load(path)
+    with pytest.raises(relay_conf.ConfigError) as info:
+        relay_conf.check_masakari(conf)
+    return str(info.value)
+
+
+def test_auth_type_none_without_endpoint_is_refused(tmp_path):
     path = _write(tmp_path, "[masakari]\nauth_type = none\n")
-    (warning,) = relay_conf.config_warnings(_load(path))
-    assert "set [masakari] endpoint = http://HOST:15868" in warning
+    assert _unusable(path).startswith(
+        f"{path}: [masakari] auth_type = none needs endpoint, so iim-relay cannot reach "
+        "masakari-api: write them in [masakari];")
     override = _write(
         tmp_path, "[masakari]\nauth_type = none\nendpoint_override = http://m:15868\n", "o.conf"
     )
-    assert relay_conf.config_warnings(_load(override)) == []
+    relay_conf.check_masakari(_load(override))
+
+
+@pytest.mark.parametrize(("text", "missing"), [
+    ("", "auth_url, username and password"),
+    ("[masakari]\nauth_url = http://k:5000/v3\n", "username and password"),
+    ("[masakari]\nauth_url = http://k:5000/v3\nusername = m\n", "password"),
+    ("[masakari]\nauth_url = http://k:5000/v3\npassword = p\n", "username"),
+    ("[masakari]\nauth_type = v3applicationcredential\nauth_url = http://k/v3\n",
+     "application_credential_secret and application_credential_id"),
+])
+def test_incomplete_keystone_credentials_are_refused(tmp_path, text, missing):
+    path = _write(tmp_path, text)
+    message = _unusable(path)
+    assert f"{path}: [masakari] auth_type = " in message
+    assert f" needs {missing}, so iim-relay cannot reach masakari-api" in message
+    assert "auth_type = none and endpoint = http://MASAKARI-API:15868" in message
+    assert "\n" not in message
+
+
+def test_auth_type_not_set_is_refused(tmp_path):
+    path = _write(tmp_path, "[masakari]\nauth_type =\n")
+    assert _unusable(path).startswith(f"{path}: [masakari] auth_type is not set, so iim-relay")
+
+
+def test_complete_keystone_credentials_pass(tmp_path):
+    for text in ("auth_url = http://k/v3\nusername = m\npassword = p\n",
+                 "auth_url = http://k/v3\nuser_id = 0a1b\npassword = p\n"):
+        relay_conf.check_masakari(_load(_write(tmp_path, "[masakari]\n" + text)))
 
 
 def test_loading_again_with_another_auth_type(tmp_path):
@@ -507,6 +546,7 @@ def test_auth_section(tmp_path):
     assert relay_conf.config_warnings(conf) == []
     auth = ks_loading.load_auth_from_conf_options(conf, "masakari")
     assert auth.get_endpoint(None) == "http://127.0.0.1:15868"
+    relay_conf.check_masakari(conf)
 
 
 # --- logging -------------------------------------------------------------------------------

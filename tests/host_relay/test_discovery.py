@@ -112,24 +112,3 @@ def test_non_uuid_names_and_non_sockets_are_ignored_once(sock_dir, caplog) -> No
         asyncio.run(main())
     warnings = [r for r in caplog.records if "Ignoring" in r.getMessage()]
     assert len(warnings) == 3
-
-
-def test_directory_removed_is_an_error_for_the_supervisor(sock_dir) -> None:
-    sock_dir = pathlib.Path(sock_dir) / "channels"
-
-    async def main() -> None:
-        rec = _Recorder()
-        disc = Discovery(str(sock_dir), rec.added, rec.removed)
-        task = asyncio.create_task(disc.run())
-        await asyncio.sleep(0.05)
-        s = _listen(str(sock_dir / f"{UUID_A}.sock"))
-        await rec.wait_for(("added", UUID_A))
-        s.close()
-        os.unlink(sock_dir / f"{UUID_A}.sock")
-        os.rmdir(sock_dir)
-        done, _ = await asyncio.wait({task}, timeout=2.0)
-        assert done, "discovery kept running without its directory"
-        assert "went away" in str(task.exception())
-        assert disc.known == {}
-
-    asyncio.run(main())

@@ -108,6 +108,18 @@ def test_channel_xml_is_what_libvirt_needs() -> None:
     assert domains.socket_path("/d", UUID) == f"/d/{UUID}.sock"
 
 
+def test_hot_plugged_channel_xml_leaves_the_path_to_libvirt() -> None:
+    root = ET.fromstring(domains.channel_xml())
+    assert root.get("type") == "unix"
+    assert root.find("source").attrib == {"mode": "bind"}
+    assert root.find("target").attrib == {"type": "virtio", "name": "org.openstack.iim.0"}
+    chosen = "/var/lib/libvirt/qemu/channel/target/domain-3-instance-0000000a/org.openstack.iim.0"
+    assert domains.is_libvirt_channel_path(chosen)
+    assert not domains.is_libvirt_channel_path(f"/var/lib/iim/channels/{UUID}.sock")
+    assert not domains.is_libvirt_channel_path(
+        "/var/lib/libvirt/qemu/channel/target/domain-3-x/org.qemu.guest_agent.0")
+
+
 def test_endpoints() -> None:
     assert domains.parse_endpoint("tcp:127.0.0.1:4555") == ("tcp", ("127.0.0.1", 4555))
     assert domains.parse_endpoint("tcp:[::1]:4555") == ("tcp", ("::1", 4555))
@@ -192,7 +204,8 @@ def test_settings_validate() -> None:
 def test_attach_hints_name_the_fix() -> None:
     assert "hw_qemu_guest_agent=yes" in domains.attach_hint(
         "internal error: no virtio-serial controllers are available")
-    assert "socket_owner" in domains.attach_hint("Unable to unlink /x: Operation not permitted")
+    assert "libvirt's channel directory" in domains.attach_hint(
+        "Unable to unlink /x: Operation not permitted")
     assert "test driver" in domains.attach_hint(
         "this function is not supported by the connection driver: virDomainAttachDeviceFlags")
     assert "detach" in domains.attach_hint("Requested operation is not valid: chardev already "

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import select
 import socket
+import stat
 import time
 import tty
 import uuid as uuidlib
@@ -19,6 +20,8 @@ import xml.etree.ElementTree as ET
 import libvirt
 import pytest
 
+from host_relay.domains import channel_xml as relay_channel_xml
+from host_relay.domains import is_libvirt_channel_path
 from iim_protocol.codec import Decoder
 from iim_protocol.messages import Heartbeat, Hello
 from tests.host_relay.libvirt_fixture import (
@@ -123,6 +126,30 @@ def test_hot_plugged_channel_listens_and_a_second_attach_is_refused(libvirt_doma
     assert list(live_channels(dom)).count(IIM_CHANNEL) == 1
 
     # Destroying the domain removes the socket (libvirt cleans up after QEMU).
+    dom.destroy()
+    assert not os.path.exists(path)
+
+
+def test_channel_without_a_path_gets_libvirts_own_socket(libvirt_domains) -> None:
+    """What the relay hot-plugs: no path; libvirt creates the socket in its channel directory."""
+    daemon, domains = libvirt_domains
+    spec = new_spec()
+    dom = daemon.start_domain(spec)
+    domains.append(dom)
+
+    assert dom.attachDeviceFlags(relay_channel_xml(), libvirt.VIR_DOMAIN_AFFECT_LIVE) == 0
+    path = live_channels(dom)[IIM_CHANNEL]
+    # The session daemon's channel target directory (the system daemon's is
+    # /var/lib/libvirt/qemu/channel/target), one directory per running domain.
+    target = os.path.join(daemon.home, ".config", "libvirt", "qemu", "channel", "target")
+    assert os.path.dirname(os.path.dirname(path)) == target, path
+    assert os.path.basename(os.path.dirname(path)) == f"domain-{dom.ID()}-{spec.name}"
+    assert os.path.basename(path) == IIM_CHANNEL
+    assert is_libvirt_channel_path(path)
+    st = os.lstat(path)
+    assert stat.S_ISSOCK(st.st_mode) and st.st_uid == daemon.uid  # libvirt's, as QEMU's user
+    connect(path).close()
+
     dom.destroy()
     assert not os.path.exists(path)
 

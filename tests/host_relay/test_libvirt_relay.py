@@ -42,7 +42,7 @@ class RelayProcess:
                  endpoint: str = "http://127.0.0.1:9", **libvirt_opts: str) -> None:
         self.daemon = daemon
         self.state_dir = daemon.socket_dir("st")  # short: the control socket lives here
-        # Created by root, as a package would: the relay itself must hand it to QEMU's user.
+        # For static channels only: hot-plugged ones live in libvirt's own directory.
         self.socket_dir = os.path.join(self.state_dir, "ch")
         os.mkdir(self.socket_dir, 0o755)
         self.log_path = str(tmp_path / f"relay-{os.path.basename(self.state_dir)}.log")
@@ -154,6 +154,19 @@ def iim_channels(dom) -> list[str]:
             if ch.find("target").get("name") == IIM_CHANNEL]
 
 
+def libvirt_channel_path(daemon: LibvirtDaemon, dom, spec: DomainSpec) -> str:
+    """Where the session libvirtd puts a path-less channel of the running domain."""
+    return os.path.join(daemon.home, ".config", "libvirt", "qemu", "channel", "target",
+                        f"domain-{dom.ID()}-{spec.name}", IIM_CHANNEL)
+
+
+def socket_has_client(path: str) -> bool:
+    """Some process is connected to the listening UNIX socket at ``path`` (from ss)."""
+    out = subprocess.run(["ss", "-xHn", "state", "connected"], capture_output=True,
+                         text=True, timeout=10).stdout
+    return any(path in line.split() for line in out.splitlines())
+
+
 def connected(entry: dict) -> bool:
     return (entry.get("channel") or {}).get("state") == "connected"
 
@@ -173,18 +186,22 @@ def test_running_domain_gets_the_channel_and_the_relay_connects(
     spec = new_spec()
     dom = daemon.start_domain(spec)
     domains.append(dom)
-    relay = relays().start()
+    # socket_dir stays root's: hot-plug needs no directory the QEMU user may write.
+    relay = relays(socket_owner="root", socket_group="root").start()
 
     entry = relay.wait_instance(spec.uuid, hotplugged_and_connected, "hot-plugged channel")
-    path = os.path.join(relay.socket_dir, f"{spec.uuid}.sock")
-    assert iim_channels(dom) == [path]
+    (path,) = iim_channels(dom)
+    # The path libvirt chose, in its channel target directory, is the one the relay reads.
+    assert path == libvirt_channel_path(daemon, dom, spec)
+    assert entry["libvirt"]["path"] == path, entry
     assert domain_state(entry) == "running"
     # Live only: Nova owns the persistent definition.
     persistent = ET.fromstring(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
     assert IIM_CHANNEL not in {t.get("name") for t in persistent.iter("target")}
-    # The relay handed the directory to QEMU's user, closed to everyone else.
     st = os.stat(relay.socket_dir)
-    assert (st.st_uid, st.st_mode & 0o777) == (daemon.uid, 0o770)
+    assert st.st_uid == 0 and os.listdir(relay.socket_dir) == []
+    # The relay is the channel's one client: QEMU's socket has a peer connected.
+    assert socket_has_client(path)
 
     # What an operator sees.
     out = subprocess.run(
@@ -202,15 +219,18 @@ def test_channel_is_attached_again_after_domain_and_relay_restarts_never_twice(
     dom = daemon.start_domain(spec)
     domains.append(dom)
     relay = relays().start()
-    path = os.path.join(relay.socket_dir, f"{spec.uuid}.sock")
-    relay.wait_instance(spec.uuid, hotplugged_and_connected, "first attach")
+    entry = relay.wait_instance(spec.uuid, hotplugged_and_connected, "first attach")
+    assert iim_channels(dom) == [libvirt_channel_path(daemon, dom, spec)]
+    assert entry["libvirt"]["path"] == libvirt_channel_path(daemon, dom, spec)
 
     # Nova stops and starts the instance (or Masakari restarts it): a new QEMU, no channel.
     dom.destroy()
     relay.wait_instance(spec.uuid, lambda e: e["domain_state"] == "shutoff", "shut off seen")
     dom.create()
-    relay.wait_instance(spec.uuid, lambda e: hotplugged_and_connected(e)
-                        and domain_state(e) == "running", "attach after domain restart")
+    path = libvirt_channel_path(daemon, dom, spec)  # a new domain id: a new directory
+    entry = relay.wait_instance(spec.uuid, lambda e: hotplugged_and_connected(e)
+                                and domain_state(e) == "running"
+                                and e["libvirt"]["path"] == path, "attach after domain restart")
     assert iim_channels(dom) == [path]
 
     # The relay restarts while the domain keeps its channel: adopt it, attach nothing.
@@ -299,4 +319,4 @@ def test_pause_and_resume_reach_the_detector(libvirt_domains, relays) -> None:
     dom.resume()
     entry = relay.wait_instance(spec.uuid, lambda e: domain_state(e) == "running", "resumed")
     assert connected(entry)
-    assert iim_channels(dom) == [os.path.join(relay.socket_dir, f"{spec.uuid}.sock")]
+    assert iim_channels(dom) == [libvirt_channel_path(daemon, dom, spec)]

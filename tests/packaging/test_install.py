@@ -222,3 +222,27 @@ def test_installed_units_verify(installed) -> None:
     result = sh(analyze, "verify", "/usr/lib/systemd/system/iim-agent.service",
                 "/usr/lib/systemd/system/iim-relay.service", check=False)
     assert result.returncode == 0 and not result.stderr.strip(), result.stderr
+
+
+def test_man_pages_and_docs_are_installed(installed) -> None:
+    """`man iim-relay` works once the .deb is installed, as on any Debian system."""
+    for pkg in PACKAGES:
+        page = sh("man", "-P", "cat", pkg, timeout=60,
+                  check=False)  # man's own pager setting must not wait for a terminal
+        assert page.returncode == 0, page.stderr
+        text = page.stdout.replace("\b", "")
+        assert f"{pkg.upper()}(8)" in text and "SYNOPSIS" in text and "COMMANDS" in text
+        assert sh("man", "-w", pkg).stdout.strip() == f"/usr/share/man/man8/{pkg}.8.gz"
+        assert os.path.isfile(f"/usr/share/doc/{pkg}/copyright")
+        assert os.path.isfile(f"/usr/share/doc/{pkg}/changelog.Debian.gz")
+
+
+def test_the_relay_refuses_the_packaged_config_with_one_message(installed) -> None:
+    """As installed, /etc/iim/relay.conf has no [masakari]: exit 2 and what to write."""
+    result = sh("/usr/bin/iim-relay", "run", check=False, timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("iim-relay: configuration error: /etc/iim/relay.conf: [masakari] "
+                           "auth_type = password (the default) needs auth_url, username and "
+                           "password, so iim-relay cannot reach masakari-api"), line

@@ -256,7 +256,9 @@ def test_systemd_analyze_verify(tree) -> None:
     if analyze is None:
         pytest.skip("systemd-analyze not installed (package systemd, in scripts/apt-packages)")
     units = [str(tree / f"usr/lib/systemd/system/iim-{w}.service") for w in ("agent", "relay")]
-    result = run(analyze, "verify", *units, check=False)
+    # Documentation=man:...: systemd-analyze runs man, which finds the unpacked pages here.
+    result = run(analyze, "verify", *units, check=False,
+                 env=dict(os.environ, MANPATH=str(tree / "usr/share/man")))
     # Unpacked, not installed: the launchers are not in /usr/bin.  Anything else is a fault.
     complaints = [line for line in result.stderr.splitlines() if line.strip()]
     allowed = {f"iim-{w}.service: Command /usr/bin/iim-{w} is not executable: "
