@@ -35,7 +35,7 @@ import pytest
 from devtools.vm_image import make_disk
 from host_relay.evidence import CONSOLE, SCREEN, EvidenceStore, collect
 from host_relay.witness_libvirt import WitnessReader, bulk_progress, ping_agent
-from host_relay.witnesses import Alive, Hung, PingOutcome, ping_verdict
+from host_relay.witnesses import Alive, Hung, PingOutcome, Unknown, ping_verdict
 from tests.host_relay.libvirt_fixture import AGENT_CHANNEL, QEMU, LibvirtDaemon
 from tests.host_relay.test_libvirt_vm import agent_deb, vm_base  # noqa: F401 (fixtures)
 
@@ -181,6 +181,23 @@ def test_qemu_ga_answers_a_running_guest_and_times_out_after_a_kernel_panic(
         took = [r.took for r in answered]
         print(f"\n[vm-witness] boot to first guest-ping answer {first:.1f}s; guest-ping "
               f"median {statistics.median(took) * 1000:.0f} ms, max {max(took) * 1000:.0f} ms")
+
+        # qemu-ga stopped in a running guest (masakari-monitors reports this as a failure):
+        # libvirt sees the port closed, so the witness says "unknown", never "hung".
+        guest_sh(dom, "systemd-run --no-block sh -c 'systemctl stop qemu-guest-agent; "
+                      "sleep 8; systemctl start qemu-guest-agent'")
+        deadline = time.monotonic() + 30
+        while (stopped := ping_agent(dom, PING_TIMEOUT)).outcome is PingOutcome.ANSWERED:
+            assert time.monotonic() < deadline, "qemu-ga kept answering"
+            time.sleep(0.2)
+        assert stopped.outcome is PingOutcome.NOT_CONNECTED, stopped
+        assert isinstance(ping_verdict(stopped), Unknown) and stopped.took < 1.0
+        deadline = time.monotonic() + 60
+        while ping_agent(dom, PING_TIMEOUT).outcome is not PingOutcome.ANSWERED:
+            assert time.monotonic() < deadline, "qemu-ga did not come back"
+            time.sleep(0.5)
+        print(f"[vm-witness] qemu-ga stopped: {stopped.outcome.value} in "
+              f"{stopped.took * 1000:.1f} ms (unknown, not hung); answering again after restart")
 
         idle_still, idle_used = longest_vcpu_standstill(daemon.conn, uuid, STAT_READS)
         print(f"[vm-witness] idle guest over {STAT_READS}s: vCPU used {idle_used / 1e6:.0f} ms, "
