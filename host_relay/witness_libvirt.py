@@ -135,6 +135,16 @@ def inject_nmi(dom: Any) -> None:
     dom.injectNMI(0)
 
 
+def register_quiet_errors() -> None:
+    """Stop libvirt printing every error to stderr; they are raised and classified here.
+
+    The relay does the same when it registers its event loop (libvirt_watch).
+    """
+    import libvirt
+
+    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+
+
 class WitnessReader:
     """Runs the blocking witness calls on a small pool, never on the event loop.
 

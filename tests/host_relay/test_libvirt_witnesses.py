@@ -288,3 +288,26 @@ def test_witnesses_keep_evidence_off_the_loop_and_name_it_in_status(libvirt_doma
     assert not os.path.exists(first.path)
     assert witnesses.counters["evidence_saved"] == 2
     assert lag < 0.5, f"the loop was blocked {lag:.2f}s"
+
+
+def test_a_libvirt_without_vcpu_stats_or_agent_degrades_to_unknown(tmp_path) -> None:
+    """libvirt's test driver: bulk stats without vCPU, block or net fields, no qemu-ga."""
+    from host_relay.witness_libvirt import register_quiet_errors
+    register_quiet_errors()
+    conn = libvirt.open("test:///default")
+    try:
+        (dom,) = [d for d in conn.listAllDomains() if d.isActive()][:1]
+        witnesses = _witnesses(tmp_path)
+
+        async def run():
+            await witnesses.read_progress(conn)
+            return await witnesses.judge(dom.UUIDString(), dom, witnesses.clock() - 5.0)
+
+        try:
+            verdict = asyncio.run(run())
+        finally:
+            witnesses.close()
+    finally:
+        conn.close()
+    assert witnesses.stats_available is True
+    assert verdict == Unknown("no qemu-guest-agent channel; bulk stats without vCPU time")
