@@ -26,6 +26,7 @@ from host_relay.conf.default import default_opts
 from host_relay.conf.libvirt import libvirt_opts
 from host_relay.conf.masakari import masakari_opts
 from host_relay.conf.metrics import metrics_opts, parse_listen
+from host_relay.conf.witnesses import witnesses_opts
 
 __all__ = [
     "BUILT_FROM_OPTIONS",
@@ -35,6 +36,7 @@ __all__ = [
     "MetricsSettings",
     "RelaySettings",
     "UUID_RE",
+    "WitnessSettings",
     "parse_listen",
 ]
 
@@ -138,6 +140,33 @@ class LibvirtSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class WitnessSettings:
+    """[witnesses]: the host's witnesses for silent instances, the silence guard, evidence."""
+
+    OPTION_GROUP: ClassVar[str] = "witnesses"
+    ORDERED: ClassVar[Pairs] = (("progress_interval", "vcpu_stall"),)
+
+    enabled: bool = bounds.opt_field(witnesses_opts, "enabled")
+    confirmed_hang_after: float = bounds.opt_field(witnesses_opts, "confirmed_hang_after")
+    agent_ping_timeout: int = bounds.opt_field(witnesses_opts, "agent_ping_timeout")
+    agent_lost_timeout: float = bounds.opt_field(witnesses_opts, "agent_lost_timeout")
+    notify_on_agent_lost: bool = bounds.opt_field(witnesses_opts, "notify_on_agent_lost")
+    progress_interval: float = bounds.opt_field(witnesses_opts, "progress_interval")
+    vcpu_stall: float = bounds.opt_field(witnesses_opts, "vcpu_stall")
+    guard_min_instances: int = bounds.opt_field(witnesses_opts, "guard_min_instances")
+    guard_min_percent: float = bounds.opt_field(witnesses_opts, "guard_min_percent")
+    guard_window: float = bounds.opt_field(witnesses_opts, "guard_window")
+    evidence_max_per_instance: int = bounds.opt_field(witnesses_opts,
+                                                      "evidence_max_per_instance")
+    evidence_max_total_mb: int = bounds.opt_field(witnesses_opts, "evidence_max_total_mb")
+    evidence_console_lines: int = bounds.opt_field(witnesses_opts, "evidence_console_lines")
+    inject_nmi_on_hang: bool = bounds.opt_field(witnesses_opts, "inject_nmi_on_hang")
+
+    def __post_init__(self) -> None:
+        bounds.check(self)
+
+
+@dataclasses.dataclass(frozen=True)
 class RelaySettings:
     """[DEFAULT] and every group's settings; ``host`` has no default (the option's is this host)."""
 
@@ -150,12 +179,17 @@ class RelaySettings:
     delivery: DeliverySettings = dataclasses.field(default_factory=DeliverySettings)
     libvirt: LibvirtSettings = dataclasses.field(default_factory=LibvirtSettings)
     metrics: MetricsSettings = dataclasses.field(default_factory=MetricsSettings)
+    witnesses: WitnessSettings = dataclasses.field(default_factory=WitnessSettings)
     # Unknown options and sections found at start-up (each with the likely fix):
     # logged then, and kept for `iim-relay status` so they are not forgotten.
     config_warnings: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         bounds.check(self)
+
+    @property
+    def evidence_path(self) -> str:
+        return os.path.join(self.state_path, "evidence")
 
     @property
     def outbox_path(self) -> str:
@@ -168,4 +202,4 @@ class RelaySettings:
 
 # Every settings class built from options, in the order the loader reports problems.
 BUILT_FROM_OPTIONS = (RelaySettings, ChannelSettings, DeliverySettings, MetricsSettings,
-                      LibvirtSettings)
+                      LibvirtSettings, WitnessSettings)

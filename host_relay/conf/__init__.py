@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from oslo_config import cfg
 
-from host_relay.conf import channels, default, detector, libvirt, masakari, metrics
+from host_relay.conf import channels, default, detector, libvirt, masakari, metrics, witnesses
 
 if TYPE_CHECKING:
     from host_relay.conf.loader import (
@@ -60,7 +60,7 @@ check_masakari = masakari.check_usable
 
 def register_opts(conf: cfg.ConfigOpts) -> None:
     """Register every iim-relay group (not oslo.log's options: see register_all)."""
-    for module in (default, channels, detector, masakari, metrics, libvirt):
+    for module in (default, channels, detector, witnesses, masakari, metrics, libvirt):
         module.register_opts(conf)
 
 

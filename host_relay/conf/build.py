@@ -21,6 +21,7 @@ from host_relay.settings import (
     LibvirtSettings,
     MetricsSettings,
     RelaySettings,
+    WitnessSettings,
 )
 
 # load() keeps its warnings on the ConfigOpts it parsed (oslo's ConfigOpts has no place for them).
@@ -66,6 +67,7 @@ def settings_from(conf: cfg.ConfigOpts) -> RelaySettings:
         delivery=from_options(DeliverySettings, conf),
         metrics=from_options(MetricsSettings, conf),
         libvirt=from_options(LibvirtSettings, conf),
+        witnesses=from_options(WitnessSettings, conf),
         config_warnings=tuple(config_warnings(conf)),
     )
 

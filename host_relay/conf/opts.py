@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from oslo_config import cfg
 
-from host_relay.conf import channels, default, detector, libvirt, masakari, metrics
+from host_relay.conf import channels, default, detector, libvirt, masakari, metrics, witnesses
 
 # One module per group, in the order the sample lists them.
-MODULES = (default, channels, detector, masakari, metrics, libvirt)
+MODULES = (default, channels, detector, witnesses, masakari, metrics, libvirt)
 
 
 def list_opts() -> list[tuple[str | cfg.OptGroup, list[cfg.Opt]]]:

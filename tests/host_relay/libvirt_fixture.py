@@ -72,12 +72,17 @@ class DomainSpec:
     serial_ports: int = 0
     memory_mib: int = 64
     disk: str | None = None
+    video: bool = False  # a VGA device, as Nova gives every instance: screenshots need one
+    console_log: str | None = None  # serial port 0 written to this file, as Nova's console.log
+    panic: bool = False  # a pvpanic ISA device at 0x505: a guest panic becomes a CRASHED event
 
     def __post_init__(self) -> None:
         if not 32 <= self.memory_mib <= 512:
             raise ValueError(f"memory_mib {self.memory_mib}: 32..512 is plenty without a guest OS")
         if not 0 <= self.serial_ports <= 4:
             raise ValueError(f"serial_ports {self.serial_ports}: Nova allows 0..4 here")
+        if self.console_log is not None and self.serial_ports:
+            raise ValueError("console_log takes serial port 0: use it without serial_ports")
 
 
 def domain_xml(spec: DomainSpec, agent_dir: str) -> str:
@@ -94,8 +99,15 @@ def domain_xml(spec: DomainSpec, agent_dir: str) -> str:
             "<disk type='file' device='disk'><driver name='qemu' type='raw'/>"
             f"<source file={quoteattr(spec.disk)}/><target dev='sda' bus='sata'/></disk>"
         )
+    if spec.console_log is not None:
+        devices.append(f"<serial type='file'><source path={quoteattr(spec.console_log)}/>"
+                       "<target port='0'/></serial>")
     for port in range(spec.serial_ports):
         devices.append(f"<serial type='pty'><target port='{port}'/></serial>")
+    if spec.video:
+        devices.append("<video><model type='vga'/></video>")
+    if spec.panic:
+        devices.append("<panic model='isa'><address type='isa' iobase='0x505'/></panic>")
     devices.append("<memballoon model='none'/>")
     body = "\n    ".join(devices)
     return f"""<domain type='qemu'>

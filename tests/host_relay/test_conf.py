@@ -102,8 +102,8 @@ def _fmt(number: float) -> str:
 
 def test_every_numeric_option_has_min_and_max():
     numeric = _own_numeric_opts()
-    # 1 [DEFAULT] + 5 [channels] + 9 [detector] + 4 [masakari] + 3 [libvirt]
-    assert len(numeric) == 22
+    # 1 [DEFAULT] + 5 [channels] + 9 [detector] + 11 [witnesses] + 4 [masakari] + 3 [libvirt]
+    assert len(numeric) == 33
     unbounded = [
         f"[{group}] {opt.dest}"
         for group, opt in numeric
@@ -126,7 +126,8 @@ def test_every_own_option_has_help():
 def test_entry_point_lists_the_same_options():
     (ep,) = [e for e in entry_points(group="oslo.config.opts") if e.name == "iim-relay"]
     groups = {_group_name(group) for group, _ in ep.load()()}
-    assert groups == {"DEFAULT", "channels", "detector", "masakari", "metrics", "libvirt"}
+    assert groups == {"DEFAULT", "channels", "detector", "masakari", "metrics", "libvirt",
+                      "witnesses"}
 
 
 # --- defaults and real files -------------------------------------------------------------------

@@ -27,7 +27,8 @@ from host_relay.settings import BUILT_FROM_OPTIONS, LibvirtSettings, RelaySettin
 CLASSES = [(cls, cls.OPTION_GROUP) for cls in (DetectorConfig, *BUILT_FROM_OPTIONS)]
 # Fields that are not options: RelaySettings' host (required: the option's default is
 # this machine's name) and the parts and warnings it is assembled from.
-NOT_OPTIONS = {"host", "channels", "delivery", "libvirt", "metrics", "config_warnings"}
+NOT_OPTIONS = {"host", "channels", "delivery", "libvirt", "metrics", "witnesses",
+               "config_warnings"}
 # Defaults that differ from the option's on purpose (each documented in its class).
 DEFAULT_OVERRIDES = {("LibvirtSettings", "connection_uri"): ""}  # off unless configured
 
