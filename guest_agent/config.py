@@ -19,7 +19,9 @@ from typing import Any, Callable, Optional
 
 import yaml
 
-from guest_agent.durations import parse_duration
+from guest_agent.durations import duration_in
+from guest_agent.probes import options as probe
+from guest_agent.probes.options import KIND_KEYS, PROBE_KEYS, PROBE_KINDS
 from iim_protocol.messages import (
     MAX_CHECKS,
     MAX_HEARTBEAT_INTERVAL,
@@ -35,6 +37,8 @@ DEFAULT_PORT = "/dev/virtio-ports/org.openstack.iim.0"
 # In its own directory: the systemd unit makes it with RuntimeDirectory= (ProtectSystem=strict
 # leaves /run itself read-only); outside systemd ControlServer creates it.
 DEFAULT_CONTROL_SOCKET = "/run/iim-agent/control.sock"
+# Heartbeat checks listen here for sd_notify-style datagrams (only when one is configured).
+DEFAULT_NOTIFY_SOCKET = "/run/iim-agent/notify.sock"
 DEFAULT_HEARTBEAT_INTERVAL = 1.0
 DEFAULT_RESCAN_INTERVAL = 5.0
 # A process_iter pass costs ~15 ms per 300 processes: every 0.5 s is 3 % of a core.
@@ -48,9 +52,12 @@ MAX_MIN_COUNT = 4096  # more processes than that for one check is a typo
 # Patterns and paths end up in failure reasons, which are at most MAX_TEXT_BYTES.
 MAX_TARGET_BYTES = MAX_TEXT_BYTES // 2
 MATCH_KINDS = ("process", "cmdline", "pidfile")
+KINDS = MATCH_KINDS + PROBE_KINDS
 
-TOP_KEYS = ("port", "heartbeat_interval", "rescan_interval", "control_socket", "checks")
-CHECK_KEYS = ("name", "process", "cmdline", "pidfile", "min_count", "grace")
+TOP_KEYS = ("port", "heartbeat_interval", "rescan_interval", "control_socket", "notify_socket",
+            "checks")
+PROCESS_KEYS = ("min_count", "grace")
+CHECK_KEYS = ("name", *KINDS, *PROCESS_KEYS, *PROBE_KEYS)
 
 
 class ConfigError(ValueError):
@@ -66,16 +73,18 @@ class ConfigError(ValueError):
 # share them.
 
 
-def _number_in(key: str, value: Any, lo: float, hi: float, example: str) -> float:
-    try:
-        seconds = parse_duration(value)
-    except ValueError:
-        seconds = None
-    if seconds is None or not lo <= seconds <= hi:
-        raise ValueError(
-            f"must be a duration between {lo:g} and {hi:g} seconds, e.g. `{key}: {example}`"
-        )
-    return seconds
+_number_in = duration_in
+
+
+def accepted_keys(kind: str) -> tuple[str, ...]:
+    """The keys a check of ``kind`` takes besides ``name`` and the kind itself."""
+    return KIND_KEYS.get(kind, PROCESS_KEYS)
+
+
+def kind_keys_text(kind: str) -> str:
+    what = "a process check" if kind in MATCH_KINDS else (
+        f"an {kind} check" if kind in ("http", "exec") else f"a {kind} check")
+    return f"{what} takes {', '.join(accepted_keys(kind))}"
 
 
 def _abs_path(key: str, value: Any, example: str) -> str:
@@ -131,12 +140,15 @@ def check_grace(value: Any) -> float:
 
 @dataclasses.dataclass(frozen=True)
 class CheckConfig:
-    """One watched thing: a process name, a command-line regex or a pidfile.
+    """One watched thing: processes (``process``, ``cmdline``, ``pidfile``) or a probe.
 
     ``process`` matches psutil's name() exactly (``ps -o comm``);
     ``cmdline`` is a Python regular expression searched (``re.search``) in
     the command line joined with single spaces; ``pidfile`` names a file
-    holding one pid.
+    holding one pid.  The probe kinds (``http``, ``tcp``, ``exec``,
+    ``heartbeat``, ``file``) use the probe fields; see
+    :mod:`guest_agent.probes.options`.  ``argv`` is the exec probe's command
+    (its ``target`` is the same joined with spaces, for display).
     """
 
     name: str
@@ -144,11 +156,23 @@ class CheckConfig:
     target: str
     min_count: int = 1
     grace: float = DEFAULT_GRACE
+    argv: tuple[str, ...] = ()
+    period: float = probe.DEFAULT_PERIOD
+    timeout: Optional[float] = None  # None: the kind's default
+    failures: int = probe.DEFAULT_FAILURES
+    successes: int = probe.DEFAULT_SUCCESSES
+    start_delay: float = probe.DEFAULT_START_DELAY
+    status: tuple[int, ...] = ()  # http: healthy codes; () means 200-399
+    user: str = ""
+    max_age: float = 0.0
 
     def __post_init__(self) -> None:
         check_name(self.name)
-        if self.kind not in MATCH_KINDS:
-            raise ValueError(f"kind must be one of {MATCH_KINDS}")
+        if self.kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}")
+        if self.kind in PROBE_KINDS:
+            self._check_probe()
+            return
         check_target(self.kind, self.target)
         check_min_count(self.min_count)
         object.__setattr__(self, "grace", check_grace(self.grace))
@@ -157,10 +181,42 @@ class CheckConfig:
                 "a pidfile names one process: remove min_count or write `min_count: 1`"
             )
 
+    def _check_probe(self) -> None:
+        if self.kind == "exec":
+            object.__setattr__(self, "argv", probe.check_exec(self.argv))
+        else:
+            probe.TARGET_VALIDATORS[self.kind](self.target)
+        timeout = probe.default_timeout(self.kind) if self.timeout is None else self.timeout
+        object.__setattr__(self, "timeout", probe.check_timeout(timeout, self.kind))
+        for key, check in probe.KEY_VALIDATORS.items():
+            value = getattr(self, key)
+            if value not in ((), "", 0.0) or key in ("period", "failures", "successes"):
+                object.__setattr__(self, key, check(value))
+        problem = probe_problem(self.kind, self.period, self.timeout, self.max_age)
+        if problem:
+            raise ValueError(problem)
+        if self.kind in ("heartbeat", "file"):  # one overdue beat or stale stamp is a failure
+            object.__setattr__(self, "failures", 1)
+            object.__setattr__(self, "successes", 1)
+
+    @property
+    def is_probe(self) -> bool:
+        return self.kind in PROBE_KINDS
+
     @property
     def label(self) -> str:
         """How failure reasons name this check's target, e.g. ``process nginx``."""
         return f"{self.kind} {self.target}"
+
+
+def probe_problem(kind: str, period: float, timeout: float, max_age: float) -> str:
+    """What is wrong between a probe's fields, or ''."""
+    if kind in ("http", "tcp", "exec", "file") and timeout >= period:
+        return (f"timeout ({timeout:g}s) must be less than period ({period:g}s): a probe "
+                "never overlaps the next one; e.g. `period: 5s` with `timeout: 2s`")
+    if kind == "file" and not max_age:
+        return "a file check needs max_age, e.g. `max_age: 10m`"
+    return ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,12 +225,14 @@ class AgentConfig:
     heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL
     rescan_interval: float = DEFAULT_RESCAN_INTERVAL
     control_socket: str = DEFAULT_CONTROL_SOCKET
+    notify_socket: str = DEFAULT_NOTIFY_SOCKET
     checks: tuple[CheckConfig, ...] = ()
     source: str = "<defaults>"
 
     def __post_init__(self) -> None:
         _abs_path("port", self.port, DEFAULT_PORT)
         _abs_path("control_socket", self.control_socket, DEFAULT_CONTROL_SOCKET)
+        _abs_path("notify_socket", self.notify_socket, DEFAULT_NOTIFY_SOCKET)
         object.__setattr__(
             self,
             "heartbeat_interval",
@@ -214,6 +272,7 @@ class AgentConfig:
 _TOP_VALIDATORS: dict[str, Callable[[Any], Any]] = {
     "port": lambda v: _abs_path("port", v, DEFAULT_PORT),
     "control_socket": lambda v: _abs_path("control_socket", v, DEFAULT_CONTROL_SOCKET),
+    "notify_socket": lambda v: _abs_path("notify_socket", v, DEFAULT_NOTIFY_SOCKET),
     "heartbeat_interval": lambda v: _number_in(
         "heartbeat_interval", v, MIN_HEARTBEAT_INTERVAL, MAX_HEARTBEAT_INTERVAL, "1s"
     ),
@@ -254,15 +313,29 @@ class _Parser:
             return _NOT_SCALAR
         return self._constructor.construct_object(node, deep=True)
 
+    def tabs(self, text: str) -> list[str]:
+        """A problem for each line indented with a tab, which YAML does not allow."""
+        out = []
+        for number, line in enumerate(text.splitlines(), 1):
+            indent = line[: len(line) - len(line.lstrip(" \t"))]
+            if "\t" in indent and line.strip():
+                out.append(f"{self.source}:{number}: a tab in the indentation: YAML is "
+                           "indented with spaces only; indent with spaces")
+        return out
+
     def parse(self, text: str) -> AgentConfig:
         try:
             root = yaml.compose(text, Loader=yaml.SafeLoader)
         except yaml.MarkedYAMLError as exc:
+            tabs = self.tabs(text)
+            if tabs:
+                raise ConfigError(tabs) from None
             mark = exc.problem_mark or exc.context_mark
             line = mark.line + 1 if mark else 1
-            raise ConfigError(
-                [f"{self.source}:{line}: not valid YAML: {exc.problem or exc.context}"]
-            ) from None
+            what = f"{exc.problem or exc.context}"
+            if "'\\t'" in what:
+                what = "a tab where YAML allows only spaces; indent and separate with spaces"
+            raise ConfigError([f"{self.source}:{line}: not valid YAML: {what}"]) from None
         except yaml.YAMLError as exc:
             raise ConfigError([f"{self.source}:1: not valid YAML: {exc}"]) from None
         fields: dict[str, Any] = {}
@@ -340,46 +413,73 @@ class _Parser:
             return None
         before = len(self.problems)
         fields = self.mapping(node, f"{path}.", CHECK_KEYS)
+        kinds = [k for k in KINDS if k in fields]
+        kind = kinds[0] if len(kinds) == 1 else ""
         clean: dict[str, Any] = {}
         for key, (vnode, raw) in fields.items():
+            if kind and key not in (("name", kind) + accepted_keys(kind)):
+                if key not in KINDS:
+                    self.problem(vnode, f"{path}.{key}", f"not used by this check: "
+                                 f"{kind_keys_text(kind)}; remove `{key}`")
+                continue
             try:
-                if key == "name":
-                    clean[key] = check_name(raw)
-                elif key in MATCH_KINDS:
-                    clean[key] = check_target(key, raw)
-                elif key == "min_count":
-                    clean[key] = check_min_count(raw)
-                else:
-                    clean[key] = check_grace(raw)
+                clean[key] = self.field(key, kind, vnode, raw)
             except ValueError as exc:
                 self.problem(vnode, f"{path}.{key}", str(exc))
         if "name" not in fields:
             self.problem(node, path, "has no name; add one, e.g. `name: web`")
-        kinds = [k for k in MATCH_KINDS if k in fields]
-        if len(kinds) != 1:
+        if not kind:
             found = " and ".join(kinds) if kinds else "none"
             self.problem(
                 node,
                 path,
-                f"needs exactly one of process, cmdline or pidfile (found {found}), "
-                "e.g. `process: nginx`",
+                f"needs exactly one of process, cmdline, pidfile, http, tcp, exec, heartbeat "
+                f"or file (found {found}), e.g. `process: nginx` or "
+                "`http: http://127.0.0.1:8080/healthz`",
             )
-        if kinds == ["pidfile"] and clean.get("min_count", 1) != 1:
+        if kind == "pidfile" and clean.get("min_count", 1) != 1:
             self.problem(
                 fields["min_count"][0],
                 f"{path}.min_count",
                 "a pidfile names one process: remove it or write `min_count: 1`",
             )
+        if kind in PROBE_KINDS and len(self.problems) == before:
+            problem = probe_problem(kind, clean.get("period", probe.DEFAULT_PERIOD),
+                                    clean.get("timeout", probe.default_timeout(kind)),
+                                    clean.get("max_age", 0.0))
+            if problem:
+                self.problem(node, path, problem)
         if len(self.problems) > before:
             return None
-        kind = kinds[0]
-        return CheckConfig(
-            name=clean["name"],
-            kind=kind,
-            target=clean[kind],
-            min_count=clean.get("min_count", 1),
-            grace=clean.get("grace", DEFAULT_GRACE),
-        )
+        target = clean[kind]
+        if kind == "exec":
+            clean["argv"], target = target, " ".join(target)
+        del clean[kind]
+        return CheckConfig(kind=kind, target=target, **clean)
+
+    def field(self, key: str, kind: str, vnode: yaml.Node, raw: Any) -> Any:
+        """The clean value of one key of a check, or ValueError."""
+        if key == "exec" or key == "status":
+            raw = self.plain(vnode)
+        if key == "name":
+            return check_name(raw)
+        if key in MATCH_KINDS:
+            return check_target(key, raw)
+        if key in PROBE_KINDS:
+            return probe.TARGET_VALIDATORS[key](raw)
+        if key == "min_count":
+            return check_min_count(raw)
+        if key == "grace":
+            return check_grace(raw)
+        if key == "timeout":
+            return probe.check_timeout(raw, kind)
+        return probe.KEY_VALIDATORS[key](raw)
+
+    def plain(self, node: yaml.Node) -> Any:
+        """A scalar, or a list of scalars (exec's argv, http's status codes)."""
+        if isinstance(node, yaml.SequenceNode):
+            return [self.value(item) for item in node.value]
+        return self.value(node)
 
 
 class _NotScalar:
