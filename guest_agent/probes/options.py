@@ -51,6 +51,7 @@ MAX_STATUS_CODES = 16
 MAX_EXEC_ARGS = 64
 MAX_EXEC_BYTES = 4096  # the whole argument vector
 MAX_USER_BYTES = 32  # useradd's limit
+MAX_OUTPUT_BYTES = 4096  # kept of an exec probe's stdout and of its stderr (the tail)
 # Probe targets end up in status and reasons, which are at most MAX_TEXT_BYTES.
 MAX_TARGET_BYTES = MAX_TEXT_BYTES // 2
 _USER = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*\$?$")

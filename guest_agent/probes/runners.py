@@ -28,7 +28,7 @@ from typing import Any, Callable, Optional
 
 from guest_agent.config import CheckConfig
 from guest_agent.probes.offload import Job, Offload
-from guest_agent.probes.options import Endpoint, parse_hostport, parse_http
+from guest_agent.probes.options import MAX_OUTPUT_BYTES, Endpoint, parse_hostport, parse_http
 from guest_agent.probes.state import secs
 from guest_agent.reactor import POLLIN, POLLOUT, Reactor
 from iim_protocol import __version__
@@ -38,7 +38,6 @@ LOG = logging.getLogger(__name__)
 Finish = Callable[[bool, str], None]
 
 MAX_STATUS_LINE = 1024  # an HTTP status line longer than this is not HTTP
-MAX_OUTPUT_BYTES = 4096  # kept of an exec probe's stdout and stderr, each
 READ_CHUNK = 4096
 EXIT_POLL_INTERVAL = 0.02  # without pidfds, how often a running exec probe is polled
 
