@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
+import pytest
+
 from guest_agent.checks import FAILED, OK, STARTING
 from guest_agent.config import CheckConfig
 from guest_agent.probes.notify import parse_datagram
+from guest_agent.probes.runners import http_status
 from guest_agent.probes.state import ProbeTracker
+from tests.guest_agent.conftest import agent_env
 
 
 def tracker(failures=3, successes=2, kind="http", **kw):
@@ -63,3 +70,22 @@ def test_sd_notify_datagrams():
     assert parse_datagram(b"IIM_HEARTBEAT=w") == {"IIM_HEARTBEAT": "w"}
     for bad in (b"", b"\xff\xfe", b"no equals sign", b"=value", b"BAD KEY=1"):
         assert parse_datagram(bad) is None
+
+
+def test_http_status_line():
+    assert http_status(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n") == 200
+    assert http_status(b"HTTP/1.0 503 Service Unavailable\r\n") == 503
+    assert http_status(b"HTTP/1.1 204\r\n") == 204
+    assert http_status(b"HTTP/1.1 302 Found") == 302  # the connection closed after the line
+    for bad in (b"SSH-2.0-OpenSSH_9.2\r\n", b"HTTP/1.1 999 What\r\n", b"", b"\x00" * 40):
+        with pytest.raises(ValueError, match="not an HTTP answer"):
+            http_status(bad)
+
+
+def test_the_agent_does_not_load_ssl():
+    """http.client would import ssl: about 5 MB of RSS the agent has no room for."""
+    code = ("import sys, guest_agent.agent, guest_agent.cli; "
+            "print(sorted(m for m in ('ssl', 'http.client', 'email.parser') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=agent_env(), timeout=60)
+    assert out.stdout.strip() == "[]", out.stderr
