@@ -230,7 +230,12 @@ def status(config_path: Optional[str], as_json: bool) -> None:
         click.echo(f"paused for {left}: {st['pause']['reason']}")
     for c in st["checks"]:
         probe = c.get("probe")
-        if probe:
+        if probe and probe["probe"] == "heartbeat":
+            age = probe["beat_age"]
+            what = "heartbeat: " + ("none yet" if age is None else f"last beat {age:.1f}s ago")
+            if probe["app_status"]:
+                what += f" ({probe['app_status']})"
+        elif probe:
             what = f"{probe['probe']}: {probe['last'] or 'not yet probed'}"
         else:
             what = "pids " + (",".join(str(p) for p in c["pids"]) or "-")
