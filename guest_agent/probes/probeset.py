@@ -58,6 +58,9 @@ class ProbeSet:
         self.slots: dict[str, Slot] = {}
         self.notify: Optional[NotifyServer] = None
         self.notify_path = DEFAULT_NOTIFY_SOCKET
+        # The socket is bound on the first timer, once the agent's run() has made sure no
+        # other agent runs (its control socket): binding replaces any socket at the path.
+        self._notify_mode: Optional[int] = None  # wanted and not bound yet
         self.refused = 0
         self._refused_logged = -REFUSED_LOG_INTERVAL
 
@@ -108,19 +111,23 @@ class ProbeSet:
             self.notify.close()
             self.notify = None
         self.notify_path = path
-        if not beats:
-            return
-        if self.notify is None:
-            server = NotifyServer(path, mode, self._reactor, self._on_datagram)
-            try:
-                server.start()
-            except OSError as exc:
-                LOG.error("heartbeat socket %s unusable: %s; heartbeat checks will fail", path,
-                          exc)
-                return
-            self.notify = server
-        else:
+        self._notify_mode = None
+        if self.notify is not None:
             self.notify.set_mode(mode)
+        elif beats:
+            self._notify_mode = mode
+
+    def _start_notify(self) -> None:
+        mode, self._notify_mode = self._notify_mode, None
+        assert mode is not None
+        server = NotifyServer(self.notify_path, mode, self._reactor, self._on_datagram)
+        try:
+            server.start()
+        except OSError as exc:
+            LOG.error("heartbeat socket %s unusable: %s; heartbeat checks will fail",
+                      self.notify_path, exc)
+            return
+        self.notify = server
 
     def _drop(self, name: str) -> None:
         slot = self.slots.pop(name)
@@ -139,7 +146,7 @@ class ProbeSet:
     # -- timing --------------------------------------------------------------
 
     def next_deadline(self) -> Optional[float]:
-        times = []
+        times = [self._clock()] if self._notify_mode is not None else []
         for slot in self.slots.values():
             if slot.config.kind == "heartbeat":
                 if slot.tracker.state != FAILED:
@@ -156,6 +163,8 @@ class ProbeSet:
         return min(times) if times else None
 
     def on_timer(self, now: float) -> None:
+        if self._notify_mode is not None:
+            self._start_notify()
         for name, slot in list(self.slots.items()):
             if self.slots.get(name) is not slot:  # dropped by a reload meanwhile
                 continue

@@ -217,6 +217,13 @@ def test_exec_output_is_bounded(tmp_path, host, agent_factory, sock_path):
     assert status["checks"][0]["state"] == "failed"
 
 
+def wait_exists(path: Path, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.02)
+
+
 def send(path: Path, text: str) -> None:
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
         s.sendto(text.encode(), str(path))
@@ -230,9 +237,7 @@ def test_heartbeat_sender_stops(tmp_path, host, agent_factory, sock_path):
         "    start_delay: 2\n",
     )
     host.wait_for("heartbeat")
-    deadline = time.monotonic() + 5
-    while not notify.exists() and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_exists(notify)
     assert (notify.stat().st_mode & 0o777) == 0o600  # no `user:`: root only
     # sd_notify format, as an application sends it
     send(notify, "IIM_HEARTBEAT=worker\nWATCHDOG=1\nSTATUS=processed 12 jobs\n")
@@ -263,6 +268,7 @@ def test_heartbeat_permissions_come_from_credentials(tmp_path, host, agent_facto
         "  - name: roots\n    heartbeat: roots\n    timeout: 1\n",
     )
     host.wait_for("heartbeat")
+    wait_exists(notify)
     assert (notify.stat().st_mode & 0o777) == 0o622  # a user may send; credentials decide
 
     def send_as_nobody(text: str) -> None:
@@ -283,6 +289,24 @@ def test_heartbeat_permissions_come_from_credentials(tmp_path, host, agent_facto
     states = {c["name"]: c["state"] for c in status["checks"]}
     assert states["roots"] == "failed"
     assert "refused: permission denied" in agent.log()
+
+
+def test_a_second_agent_leaves_the_heartbeat_socket_alone(
+    tmp_path, host, agent_factory, sock_path
+):
+    """A mistaken second `iim-agent run` exits on the control socket before it binds anything."""
+    first, cfg, notify = run_agent(tmp_path, host, agent_factory, sock_path,
+                                   "  - name: worker\n    heartbeat: worker\n    timeout: 2\n")
+    host.wait_for("heartbeat")
+    wait_exists(notify)
+    inode = notify.stat().st_ino
+    second = agent_factory(cfg)
+    assert second.wait(10) == 1
+    assert "another iim-agent is running" in second.log()
+    assert notify.stat().st_ino == inode  # still the first agent's socket
+    assert cli("beat", "worker", "-c", str(cfg)).returncode == 0
+    wait_state(host, "worker", "ok")
+    assert first.proc.poll() is None
 
 
 def test_stamp_file_ages(tmp_path, host, agent_factory, sock_path):
