@@ -316,7 +316,14 @@ def test_stamp_file_ages(tmp_path, host, agent_factory, sock_path):
     run_agent(tmp_path, host, agent_factory, sock_path,
               f"  - name: batch\n    file: {stamp}\n    max_age: {max_age}\n"
               f"    period: {PERIOD}\n    timeout: {TIMEOUT}\n")
-    wait_state(host, "batch", "ok")
+    deadline = time.monotonic() + 10
+    while True:  # the agent may start slower than max_age: keep the stamp fresh until ok
+        stamp.touch()
+        try:
+            wait_state(host, "batch", "ok", timeout=0.2)
+            break
+        except AssertionError:
+            assert time.monotonic() < deadline, "the stamp check never became ok"
     stamp.touch()
     t0 = time.monotonic()  # the last touch: the stamp is too old from t0 + max_age on
     failure = failure_within(host, "batch", t0, max_age + TIMEOUT + SLACK)
