@@ -22,15 +22,23 @@ from typing import Callable, Optional
 
 from guest_agent.checks import FAILED, Transition
 from guest_agent.config import DEFAULT_NOTIFY_SOCKET, CheckConfig
+from guest_agent.probes.execprobe import ExecAttempt, user_ids
 from guest_agent.probes.notify import NotifyServer
 from guest_agent.probes.offload import Offload
-from guest_agent.probes.runners import ATTEMPTS, Attempt, FileAttempt, user_ids
+from guest_agent.probes.runners import Attempt, FileAttempt, HttpAttempt, TcpAttempt
 from guest_agent.probes.state import ProbeTracker
 from guest_agent.reactor import Reactor
 
 LOG = logging.getLogger(__name__)
 
 REFUSED_LOG_INTERVAL = 60.0  # refused heartbeat datagrams: one log line a minute at most
+
+ATTEMPTS: dict[str, type[Attempt]] = {
+    "http": HttpAttempt,
+    "tcp": TcpAttempt,
+    "exec": ExecAttempt,
+    "file": FileAttempt,
+}
 
 
 @dataclasses.dataclass
