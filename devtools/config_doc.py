@@ -25,6 +25,7 @@ from oslo_config import cfg, types
 
 from guest_agent import config as agent_config
 from guest_agent.durations import format_duration
+from guest_agent.probes import options as P
 from iim_protocol.messages import MAX_CHECKS, MAX_NAME_BYTES
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -246,6 +247,15 @@ AGENT_KEYS: dict[str, tuple[str, str, str]] = {
         "UNIX socket for `iim-agent status`, `pause` and `resume`; mode 0600, only root "
         "and the agent's own user may use it.",
     ),
+    "notify_socket": (
+        f"`{C.DEFAULT_NOTIFY_SOCKET}`",
+        "absolute path",
+        "Datagram socket on which heartbeat checks receive `sd_notify`-format beats "
+        "(`WATCHDOG=1`, `STATUS=...`, `IIM_HEARTBEAT=<name>`), from applications or "
+        "`iim-agent beat NAME`. Created only when a heartbeat check is configured; mode "
+        "0600 (root only) unless a heartbeat check names a `user`, then writable by all and "
+        "each sender's uid is checked with SO_PASSCRED.",
+    ),
     "checks": (
         "none",
         f"at most {MAX_CHECKS}",
@@ -288,6 +298,89 @@ CHECK_KEYS: dict[str, tuple[str, str, str]] = {
         "(covers a service manager's quick restart). Use `iim-agent pause` for longer "
         "maintenance.",
     ),
+    "http": (
+        "",
+        f"`http://` URL, at most {P.MAX_TARGET_BYTES} bytes",
+        "Probe: GET this URL (host: IPv4, `[IPv6]` or a name); healthy on 200-399 unless "
+        "`status` lists the codes. Only the status line is read. No TLS: probe a plain-HTTP "
+        "health port, or use `exec` with curl.",
+    ),
+    "tcp": (
+        "",
+        "host:port, `[IPv6]:port` or name:port",
+        "Probe: healthy when a TCP connection is accepted.",
+    ),
+    "exec": (
+        "",
+        f"list, absolute program, at most {P.MAX_EXEC_ARGS} arguments / {P.MAX_EXEC_BYTES} "
+        "bytes",
+        "Probe: run the program (no shell) in its own session; healthy on exit 0. At "
+        "`timeout` its whole process group is killed; what it leaves in its group is killed "
+        "when it exits. The last line of stderr (else stdout) goes into the failure reason; "
+        f"only the last {P.MAX_OUTPUT_BYTES} bytes of each stream are kept.",
+    ),
+    "heartbeat": (
+        "",
+        f"at most {MAX_NAME_BYTES} of `A-Za-z0-9_.@:-`",
+        "The application reports itself alive: the name senders put in `IIM_HEARTBEAT=` "
+        "(or `iim-agent beat NAME`). Fails when no beat came for `timeout` "
+        "(`start_delay` + `timeout` before the first); `WATCHDOG=trigger` fails it at once.",
+    ),
+    "file": (
+        "",
+        "absolute path",
+        "Healthy while the file's modification time is younger than `max_age` (a stamp a "
+        "batch job or cron job touches). Looked at every `period` and again the moment it "
+        "would turn too old.",
+    ),
+    "period": (
+        f"`{_SEC(P.DEFAULT_PERIOD)}`",
+        f"{_SEC(P.MIN_PERIOD)} to {_SEC(P.MAX_PERIOD)}",
+        "Probes: how often to probe, counted from the first probe (a slow probe does not "
+        "shift the schedule).",
+    ),
+    "timeout": (
+        f"`{_SEC(P.DEFAULT_TIMEOUT)}`; heartbeat `{_SEC(P.DEFAULT_HEARTBEAT_TIMEOUT)}`",
+        f"{_SEC(P.MIN_TIMEOUT)} to {_SEC(P.MAX_TIMEOUT)}, less than `period`; heartbeat "
+        f"{_SEC(P.MIN_PERIOD)} to {_SEC(P.MAX_HEARTBEAT_TIMEOUT)}",
+        "Probes: how long one probe may take before it counts as failed (`timed out after "
+        "2 s`). Heartbeat: how long without a beat before the check fails.",
+    ),
+    "failures": (
+        f"`{P.DEFAULT_FAILURES}`",
+        f"1 to {P.MAX_THRESHOLD}",
+        "http, tcp, exec: failed probes in a row before the check fails. A target that "
+        "stops answering fails within `failures` x `period` + `timeout`.",
+    ),
+    "successes": (
+        f"`{P.DEFAULT_SUCCESSES}`",
+        f"1 to {P.MAX_THRESHOLD}",
+        "http, tcp, exec: good probes in a row before a failed check is ok again.",
+    ),
+    "start_delay": (
+        "`0s`",
+        f"0 to {_SEC(P.MAX_START_DELAY)}",
+        "Probes: no probe before this long after the agent starts or the check is added "
+        "(an application that is slow to start). A target that never comes up fails after "
+        "`start_delay` + `failures` x `period`.",
+    ),
+    "status": (
+        "200-399",
+        f"1 to {P.MAX_STATUS_CODES} codes, 100-599",
+        "http: the status codes that count as healthy, e.g. `[200, 204]`.",
+    ),
+    "user": (
+        "root",
+        "a user name or uid",
+        "exec: run the program as this user (its primary group, no supplementary groups). "
+        "heartbeat: this user may send the check's beats (root always may); a datagram "
+        "without `IIM_HEARTBEAT` is for the check whose user the sender is.",
+    ),
+    "max_age": (
+        "required for `file`",
+        f"{_SEC(P.MIN_MAX_AGE)} to {_SEC(P.MAX_MAX_AGE)}",
+        "file: how old the file may get before the check fails.",
+    ),
 }
 
 
@@ -318,7 +411,13 @@ def agent_section() -> list[str]:
     lines += [
         "",
         "Each item of `checks` has a `name` and exactly one of `process`, `cmdline` or "
-        "`pidfile`:",
+        "`pidfile` (process checks) or `http`, `tcp`, `exec`, `heartbeat` or `file` (probe "
+        "checks). Which other keys a check takes depends on that kind; `iim-agent "
+        "check-config` names a key the kind does not take:",
+        "",
+        "- `process`, `cmdline`, `pidfile`: " + ", ".join(f"`{k}`" for k in C.PROCESS_KEYS),
+        *(f"- `{kind}`: " + ", ".join(f"`{k}`" for k in keys)
+          for kind, keys in P.KIND_KEYS.items()),
         "",
         "| Key | Default | Bounds | Description |",
         "|---|---|---|---|",

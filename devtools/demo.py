@@ -7,12 +7,14 @@ What runs (all on 127.0.0.1 and UNIX sockets in a temporary directory):
 2. ``iim-relay``, watching a channel directory;
 3. a pty <-> UNIX socket bridge standing in for QEMU's virtio-serial chardev
    of one instance (``devtools.ptybridge``);
-4. ``iim-agent``, watching a demo process through that pty.
+4. ``iim-agent``, watching a demo process and probing a small HTTP server
+   (``http`` check) through that pty.
 
-Then it kills the demo process and prints the notification as Masakari
-recorded it, with the time from the kill to the record.  Each set-up step is
-one line with how long it took.  ``--keep`` leaves everything running until
-Ctrl-C, SIGTERM or SIGHUP.  However it ends (Ctrl-C, SIGTERM, SIGHUP, an
+Then it kills the demo process (or, with ``--meltdown``, SIGSTOPs the HTTP
+server: the process stays, nothing answers) and prints the notification as
+Masakari recorded it, with the time from the fault to the record.  Each set-up
+step is one line with how long it took.  ``--keep`` leaves everything running
+until Ctrl-C, SIGTERM or SIGHUP.  However it ends (Ctrl-C, SIGTERM, SIGHUP, an
 error), every process it started is stopped and its temporary directories are
 removed; only a failure keeps the directory with the logs, and says where.
 """
@@ -102,9 +104,16 @@ def wait_for(what: str, predicate: Callable[[], object], timeout: float, step: f
     raise SystemExit(f"demo: timed out after {timeout:.0f} s waiting for {what}")
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 class Demo:
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, meltdown: bool = False) -> None:
         self.dir = workdir
+        self.meltdown = meltdown  # fault: SIGSTOP the probed web server instead of a kill
         self.procs: list[tuple[str, subprocess.Popen]] = []
         self.server: Optional[MasakariServer] = None
         self.instance = str(uuid.uuid4())
@@ -174,6 +183,10 @@ class Demo:
         app = self.dir / self.app_name
         shutil.copy(shutil.which("sleep") or "/bin/sleep", app)
         victim = self.spawn("demo app", [str(app), "100000"], "demo-app.log")
+        web_port = free_port()
+        self.web = self.spawn("demo web", [sys.executable, "-m", "http.server", "--bind",
+                                           "127.0.0.1", "--directory", str(self.dir),
+                                           str(web_port)], "demo-web.log")
         self.agent_conf.write_text(
             f"port: {port}\n"
             "heartbeat_interval: 1s\n"
@@ -182,6 +195,11 @@ class Demo:
             "  - name: demo-app\n"
             f"    process: {self.app_name}\n"
             "    grace: 0\n"
+            "  - name: demo-web\n"
+            f"    http: http://127.0.0.1:{web_port}/\n"
+            "    period: 1s\n"
+            "    timeout: 500ms\n"
+            "    failures: 2\n"
         )
         self.spawn("iim-agent", [str(BIN / "iim-agent"), "run", "-c", str(self.agent_conf)],
                    "iim-agent.log")
@@ -208,15 +226,22 @@ class Demo:
         self.start_masakari()
         self.start_relay()
         victim = self.start_guest()
-        with step(f"iim-agent watching process '{self.app_name}' (pid {victim.pid}); the relay "
+        with step(f"iim-agent watching process '{self.app_name}' (pid {victim.pid}) and "
+                  f"probing the web server (pid {self.web.pid}) every second; the relay "
                   "has its hello and heartbeats: detector armed"):
             wait_for("the relay to arm the instance's detector",
                      lambda: self.instance_state() == "armed", WAIT_READY, 0.2)
         self.show("iim-agent status", [str(BIN / "iim-agent"), "status", "-c",
                                        str(self.agent_conf)])
-        say(f"killing the demo app (kill -9 {victim.pid})")
-        t_kill = time.time()
-        victim.kill()
+        if self.meltdown:
+            say(f"freezing the demo web server (kill -STOP {self.web.pid}): its process "
+                "stays, nothing answers; the http probe fails after 2 x 1 s + 0.5 s")
+            t_kill = time.time()
+            self.web.send_signal(signal.SIGSTOP)
+        else:
+            say(f"killing the demo app (kill -9 {victim.pid})")
+            t_kill = time.time()
+            victim.kill()
         found = wait_for("Masakari to record the notification",
                          lambda: self.server.notifications_for(self.instance), WAIT_RECORD, 0.02)
         t_seen = time.time()
@@ -224,8 +249,11 @@ class Demo:
         print(json.dumps(found[0], indent=2, sort_keys=True), flush=True)
         self.show("iim-relay status", [str(BIN / "iim-relay"), "status", "--config-file",
                                        str(self.relay_conf)])
+        if self.meltdown:
+            self.web.send_signal(signal.SIGCONT)
         elapsed = t_seen - t_kill
-        say(f"kill -> notification visible in GET /v1/notifications: {elapsed * 1000:.0f} ms "
+        fault = "freeze" if self.meltdown else "kill"
+        say(f"{fault} -> notification visible in GET /v1/notifications: {elapsed * 1000:.0f} ms "
             "(an upper bound: this demo polls the API every 20 ms)")
         return elapsed
 
@@ -242,6 +270,7 @@ class Demo:
         for _name, proc in reversed(self.procs):
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
+                proc.send_signal(signal.SIGCONT)  # a --meltdown web server may be stopped
         for _name, proc in reversed(self.procs):
             try:
                 proc.wait(timeout=10)
@@ -257,11 +286,13 @@ def main(argv: Optional[list] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--keep", action="store_true",
                         help="leave everything running until Ctrl-C, SIGTERM or SIGHUP")
+    parser.add_argument("--meltdown", action="store_true",
+                        help="freeze the probed web server (SIGSTOP) instead of killing a process")
     args = parser.parse_args(argv)
     for sig in STOP_SIGNALS:  # Ctrl-C too, so that it waits for a spawn to be recorded
         signal.signal(sig, _raise_stopped)
     workdir = Path(tempfile.mkdtemp(prefix="iim-demo-"))
-    demo = Demo(workdir)
+    demo = Demo(workdir, meltdown=args.meltdown)
     keep_logs = False
     status = 0
     finished = False

@@ -135,6 +135,8 @@ class Agent:
             ),
             clock,
             self._on_transition,
+            self.reactor,
+            config.notify_socket,
         )
         self.port = self._make_port(config.port)
         self.control = ControlServer(config.control_socket, self.reactor, clock, self.handle)
@@ -299,6 +301,7 @@ class Agent:
                     "grace_remaining": None if deadline is None else max(0.0, deadline - now),
                     "reason": t.reason or None,
                     "last_change": iso(wall - (now - t.since)),
+                    "probe": t.detail(now),
                 }
             )
         remaining = self.pause_remaining()
@@ -344,7 +347,7 @@ class Agent:
             return False
         old, self.config = self.config, new
         self.reloads += 1
-        changed = self.monitor.reconfigure(new.checks, new.rescan_interval)
+        changed = self.monitor.reconfigure(new.checks, new.rescan_interval, new.notify_socket)
         if new.control_socket != old.control_socket:
             self.control.close()
             self.control = ControlServer(new.control_socket, self.reactor, self._clock, self.handle)

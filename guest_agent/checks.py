@@ -88,6 +88,10 @@ class CheckTracker:
         self._loss = f"pid {identity[0]} exited"
         return self._evaluate(now)
 
+    def detail(self, now: float) -> None:
+        """Probe details for status; a process check has none."""
+        return None
+
     def tick(self, now: float) -> Optional[Transition]:
         """Let time pass: fail the check when its grace has expired."""
         return self._evaluate(now)

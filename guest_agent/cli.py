@@ -10,7 +10,14 @@ from typing import Any, Optional
 
 import click
 
-from guest_agent.config import DEFAULT_CONFIG_PATH, AgentConfig, ConfigError, load_config
+from guest_agent.config import (
+    DEFAULT_CONFIG_PATH,
+    AgentConfig,
+    CheckConfig,
+    ConfigError,
+    accepted_keys,
+    load_config,
+)
 from guest_agent.control import AgentNotRunning, ControlError, request
 from guest_agent.durations import format_duration, parse_duration
 from iim_protocol import __version__
@@ -21,6 +28,12 @@ LOG = logging.getLogger(__name__)
 EXIT_CONFIG = 2  # the configuration is wrong
 EXIT_NO_AGENT = 3  # status/pause/resume found no running agent
 EXIT_FAILED = 1  # anything else
+
+NOTHING_WATCHED = (
+    "no checks are configured: the agent watches nothing inside this VM (it still "
+    "heartbeats, so the host sees a hung guest, but a failed application goes unseen); "
+    "add a check, e.g. `checks: [{name: web, process: nginx}]`"
+)
 
 config_option = click.option(
     "-c",
@@ -73,6 +86,7 @@ def main() -> None:
       status         show what the running agent sees
       pause          suspend notifications for maintenance
       resume         end a pause early
+      beat           send a heartbeat for a heartbeat check
 
     \b
     Example /etc/iim/agent.yaml:
@@ -87,6 +101,11 @@ def main() -> None:
           cmdline: 'gunicorn .*myapp'   # regex searched in the command line
         - name: db
           pidfile: /run/postgresql/main.pid
+        - name: health
+          http: http://127.0.0.1:8080/healthz   # also tcp, exec, heartbeat, file
+          period: 5s
+          timeout: 2s
+          failures: 3
     """
 
 
@@ -117,6 +136,8 @@ def run(config_path: Optional[str], debug: bool) -> None:
     config = _load(config_path, must_exist=False)
     if config.source == "<defaults>":
         LOG.warning("%s not found: running with defaults and no checks", DEFAULT_CONFIG_PATH)
+    elif not config.checks:
+        LOG.warning("%s: %s", config.source, NOTHING_WATCHED)
     from guest_agent.agent import Agent  # keeps check-config and status light
 
     path = config_path or (None if config.source == "<defaults>" else DEFAULT_CONFIG_PATH)
@@ -147,10 +168,36 @@ def check_config(config_path: Optional[str]) -> None:
         f"heartbeat every {format_duration(config.heartbeat_interval)}"
     )
     for c in config.checks:
-        click.echo(
-            f"  {c.name}: {c.kind} {c.target!r}, min_count {c.min_count}, "
-            f"grace {format_duration(c.grace)}"
-        )
+        click.echo(f"  {c.name}: {c.kind} {c.target!r}, {_summary(c)}")
+    if any(c.kind == "heartbeat" for c in config.checks):
+        click.echo(f"  heartbeats are received on {config.notify_socket}")
+    if not config.checks:
+        click.echo(f"WARNING: {NOTHING_WATCHED}")
+
+
+def _summary(c: CheckConfig) -> str:
+    """The keys that matter for this kind of check, with their values."""
+    parts = []
+    for key in accepted_keys(c.kind):
+        value = getattr(c, key)
+        if key in ("status", "user") and not value:
+            continue
+        if key == "start_delay" and not value:
+            continue
+        if isinstance(value, float):
+            value = format_duration(value)
+        elif isinstance(value, tuple):
+            value = ",".join(str(v) for v in value)
+        parts.append(f"{key} {value}")
+    if c.is_probe:
+        if c.kind == "heartbeat":
+            parts.append(f"fails after {format_duration(c.start_delay + c.timeout)} without a beat")
+        elif c.kind == "file":
+            parts.append(f"fails within {format_duration(c.max_age + c.timeout)} of going stale")
+        else:
+            bound = c.start_delay + c.failures * c.period + c.timeout
+            parts.append(f"a dead target fails within {format_duration(bound)}")
+    return ", ".join(parts)
 
 
 @main.command()
@@ -191,8 +238,17 @@ def status(config_path: Optional[str], as_json: bool) -> None:
         left = format_duration(st["pause"]["remaining"])
         click.echo(f"paused for {left}: {st['pause']['reason']}")
     for c in st["checks"]:
-        pids = ",".join(str(p) for p in c["pids"]) or "-"
-        line = f"  {c['name']:<20} {c['state']:<9} pids {pids}  since {c['last_change']}"
+        probe = c.get("probe")
+        if probe and probe["probe"] == "heartbeat":
+            age = probe["beat_age"]
+            what = "heartbeat: " + ("none yet" if age is None else f"last beat {age:.1f}s ago")
+            if probe["app_status"]:
+                what += f" ({probe['app_status']})"
+        elif probe:
+            what = f"{probe['probe']}: {probe['last'] or 'not yet probed'}"
+        else:
+            what = "pids " + (",".join(str(p) for p in c["pids"]) or "-")
+        line = f"  {c['name']:<20} {c['state']:<9} {what}  since {c['last_change']}"
         if c["reason"]:
             line += f"  ({c['reason']})"
         click.echo(line)
@@ -262,6 +318,50 @@ def resume(config_path: Optional[str]) -> None:
     """
     answer = _call(config_path, {"cmd": "resume"})
     click.echo("resumed" if answer.get("was_paused") else "resumed (no pause was active)")
+
+
+@main.command()
+@config_option
+@click.argument("name")
+@click.option("--status", "app_status", default="", help="A short text shown with the check.")
+def beat(config_path: Optional[str], name: str, app_status: str) -> None:
+    """Tell the agent that heartbeat check NAME is alive.
+
+    NAME is the `heartbeat:` value of a check.  For scripts and cron jobs:
+    run it after each successful pass.  Root may beat any check; another
+    user only the checks whose `user:` it is.  An application can send the
+    same thing itself as an sd_notify datagram (WATCHDOG=1) to the agent's
+    notify_socket.
+
+    Exit status: 0 when sent; 2 when no heartbeat check is named NAME (or
+    the configuration is bad); 3 when no agent listens; 1 for anything else.
+
+    \b
+    Example (crontab):
+      */5 * * * * /usr/local/bin/batch-run && iim-agent beat batch
+    """
+    from guest_agent.probes.notify import send_beat
+
+    config = _load(config_path, must_exist=False)
+    names = sorted(c.target for c in config.checks if c.kind == "heartbeat")
+    if name not in names:
+        known = ", ".join(names) or "none"
+        click.echo(f"iim-agent: {config.source}: no heartbeat check `heartbeat: {name}` "
+                   f"(configured: {known})", err=True)
+        sys.exit(EXIT_CONFIG)
+    if len(app_status.encode("utf-8")) > MAX_TEXT_BYTES or not app_status.isprintable():
+        raise click.BadParameter(f"at most {MAX_TEXT_BYTES} bytes on one line",
+                                 param_hint="--status")
+    try:
+        send_beat(config.notify_socket, name, app_status)
+    except (FileNotFoundError, ConnectionRefusedError) as exc:
+        click.echo(f"no iim-agent is listening for heartbeats (notify socket "
+                   f"{config.notify_socket}: {exc.strerror})", err=True)
+        sys.exit(EXIT_NO_AGENT)
+    except OSError as exc:
+        click.echo(f"iim-agent: cannot send to {config.notify_socket}: "
+                   f"{exc.strerror or exc}", err=True)
+        sys.exit(EXIT_FAILED)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """The agent's configuration: frozen, validated dataclasses and a YAML loader.
 
-The loader walks the node tree from ``yaml.compose`` so every problem names
+The loader (:mod:`guest_agent.config_parser`) walks the node tree from
+``yaml.compose`` so every problem names
 the file, the line and what to write instead, e.g.::
 
     /etc/iim/agent.yaml:7: checks[0].min_count: must be an integer >= 1, e.g. `min_count: 1`
@@ -11,15 +12,14 @@ All problems of a file are reported at once (:class:`ConfigError`).
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import logging
 import os
 import re
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
-import yaml
-
-from guest_agent.durations import parse_duration
+from guest_agent.durations import duration_in
+from guest_agent.probes import options as probe
+from guest_agent.probes.options import KIND_KEYS, PROBE_KEYS, PROBE_KINDS
 from iim_protocol.messages import (
     MAX_CHECKS,
     MAX_HEARTBEAT_INTERVAL,
@@ -35,6 +35,8 @@ DEFAULT_PORT = "/dev/virtio-ports/org.openstack.iim.0"
 # In its own directory: the systemd unit makes it with RuntimeDirectory= (ProtectSystem=strict
 # leaves /run itself read-only); outside systemd ControlServer creates it.
 DEFAULT_CONTROL_SOCKET = "/run/iim-agent/control.sock"
+# Heartbeat checks listen here for sd_notify-style datagrams (only when one is configured).
+DEFAULT_NOTIFY_SOCKET = "/run/iim-agent/notify.sock"
 DEFAULT_HEARTBEAT_INTERVAL = 1.0
 DEFAULT_RESCAN_INTERVAL = 5.0
 # A process_iter pass costs ~15 ms per 300 processes: every 0.5 s is 3 % of a core.
@@ -48,9 +50,12 @@ MAX_MIN_COUNT = 4096  # more processes than that for one check is a typo
 # Patterns and paths end up in failure reasons, which are at most MAX_TEXT_BYTES.
 MAX_TARGET_BYTES = MAX_TEXT_BYTES // 2
 MATCH_KINDS = ("process", "cmdline", "pidfile")
+KINDS = MATCH_KINDS + PROBE_KINDS
 
-TOP_KEYS = ("port", "heartbeat_interval", "rescan_interval", "control_socket", "checks")
-CHECK_KEYS = ("name", "process", "cmdline", "pidfile", "min_count", "grace")
+TOP_KEYS = ("port", "heartbeat_interval", "rescan_interval", "control_socket", "notify_socket",
+            "checks")
+PROCESS_KEYS = ("min_count", "grace")
+CHECK_KEYS = ("name", *KINDS, *PROCESS_KEYS, *PROBE_KEYS)
 
 
 class ConfigError(ValueError):
@@ -66,16 +71,18 @@ class ConfigError(ValueError):
 # share them.
 
 
-def _number_in(key: str, value: Any, lo: float, hi: float, example: str) -> float:
-    try:
-        seconds = parse_duration(value)
-    except ValueError:
-        seconds = None
-    if seconds is None or not lo <= seconds <= hi:
-        raise ValueError(
-            f"must be a duration between {lo:g} and {hi:g} seconds, e.g. `{key}: {example}`"
-        )
-    return seconds
+_number_in = duration_in
+
+
+def accepted_keys(kind: str) -> tuple[str, ...]:
+    """The keys a check of ``kind`` takes besides ``name`` and the kind itself."""
+    return KIND_KEYS.get(kind, PROCESS_KEYS)
+
+
+def kind_keys_text(kind: str) -> str:
+    what = "a process check" if kind in MATCH_KINDS else (
+        f"an {kind} check" if kind in ("http", "exec") else f"a {kind} check")
+    return f"{what} takes {', '.join(accepted_keys(kind))}"
 
 
 def _abs_path(key: str, value: Any, example: str) -> str:
@@ -131,12 +138,15 @@ def check_grace(value: Any) -> float:
 
 @dataclasses.dataclass(frozen=True)
 class CheckConfig:
-    """One watched thing: a process name, a command-line regex or a pidfile.
+    """One watched thing: processes (``process``, ``cmdline``, ``pidfile``) or a probe.
 
     ``process`` matches psutil's name() exactly (``ps -o comm``);
     ``cmdline`` is a Python regular expression searched (``re.search``) in
     the command line joined with single spaces; ``pidfile`` names a file
-    holding one pid.
+    holding one pid.  The probe kinds (``http``, ``tcp``, ``exec``,
+    ``heartbeat``, ``file``) use the probe fields; see
+    :mod:`guest_agent.probes.options`.  ``argv`` is the exec probe's command
+    (its ``target`` is the same joined with spaces, for display).
     """
 
     name: str
@@ -144,11 +154,23 @@ class CheckConfig:
     target: str
     min_count: int = 1
     grace: float = DEFAULT_GRACE
+    argv: tuple[str, ...] = ()
+    period: float = probe.DEFAULT_PERIOD
+    timeout: Optional[float] = None  # None: the kind's default
+    failures: int = probe.DEFAULT_FAILURES
+    successes: int = probe.DEFAULT_SUCCESSES
+    start_delay: float = probe.DEFAULT_START_DELAY
+    status: tuple[int, ...] = ()  # http: healthy codes; () means 200-399
+    user: str = ""
+    max_age: float = 0.0
 
     def __post_init__(self) -> None:
         check_name(self.name)
-        if self.kind not in MATCH_KINDS:
-            raise ValueError(f"kind must be one of {MATCH_KINDS}")
+        if self.kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}")
+        if self.kind in PROBE_KINDS:
+            self._check_probe()
+            return
         check_target(self.kind, self.target)
         check_min_count(self.min_count)
         object.__setattr__(self, "grace", check_grace(self.grace))
@@ -157,10 +179,42 @@ class CheckConfig:
                 "a pidfile names one process: remove min_count or write `min_count: 1`"
             )
 
+    def _check_probe(self) -> None:
+        if self.kind == "exec":
+            object.__setattr__(self, "argv", probe.check_exec(self.argv))
+        else:
+            probe.TARGET_VALIDATORS[self.kind](self.target)
+        timeout = probe.default_timeout(self.kind) if self.timeout is None else self.timeout
+        object.__setattr__(self, "timeout", probe.check_timeout(timeout, self.kind))
+        for key, check in probe.KEY_VALIDATORS.items():
+            value = getattr(self, key)
+            if value not in ((), "", 0.0) or key in ("period", "failures", "successes"):
+                object.__setattr__(self, key, check(value))
+        problem = probe_problem(self.kind, self.period, self.timeout, self.max_age)
+        if problem:
+            raise ValueError(problem)
+        if self.kind in ("heartbeat", "file"):  # one overdue beat or stale stamp is a failure
+            object.__setattr__(self, "failures", 1)
+            object.__setattr__(self, "successes", 1)
+
+    @property
+    def is_probe(self) -> bool:
+        return self.kind in PROBE_KINDS
+
     @property
     def label(self) -> str:
         """How failure reasons name this check's target, e.g. ``process nginx``."""
         return f"{self.kind} {self.target}"
+
+
+def probe_problem(kind: str, period: float, timeout: float, max_age: float) -> str:
+    """What is wrong between a probe's fields, or ''."""
+    if kind in ("http", "tcp", "exec", "file") and timeout >= period:
+        return (f"timeout ({timeout:g}s) must be less than period ({period:g}s): a probe "
+                "never overlaps the next one; e.g. `period: 5s` with `timeout: 2s`")
+    if kind == "file" and not max_age:
+        return "a file check needs max_age, e.g. `max_age: 10m`"
+    return ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,12 +223,14 @@ class AgentConfig:
     heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL
     rescan_interval: float = DEFAULT_RESCAN_INTERVAL
     control_socket: str = DEFAULT_CONTROL_SOCKET
+    notify_socket: str = DEFAULT_NOTIFY_SOCKET
     checks: tuple[CheckConfig, ...] = ()
     source: str = "<defaults>"
 
     def __post_init__(self) -> None:
         _abs_path("port", self.port, DEFAULT_PORT)
         _abs_path("control_socket", self.control_socket, DEFAULT_CONTROL_SOCKET)
+        _abs_path("notify_socket", self.notify_socket, DEFAULT_NOTIFY_SOCKET)
         object.__setattr__(
             self,
             "heartbeat_interval",
@@ -211,18 +267,6 @@ class AgentConfig:
         return None
 
 
-_TOP_VALIDATORS: dict[str, Callable[[Any], Any]] = {
-    "port": lambda v: _abs_path("port", v, DEFAULT_PORT),
-    "control_socket": lambda v: _abs_path("control_socket", v, DEFAULT_CONTROL_SOCKET),
-    "heartbeat_interval": lambda v: _number_in(
-        "heartbeat_interval", v, MIN_HEARTBEAT_INTERVAL, MAX_HEARTBEAT_INTERVAL, "1s"
-    ),
-    "rescan_interval": lambda v: _number_in(
-        "rescan_interval", v, MIN_RESCAN_INTERVAL, MAX_RESCAN_INTERVAL, "5s"
-    ),
-}
-
-
 def load_config(path: str) -> AgentConfig:
     """Read and validate ``path``; raise :class:`ConfigError` listing every problem."""
     try:
@@ -235,156 +279,6 @@ def load_config(path: str) -> AgentConfig:
 
 def parse_config(text: str, source: str = "<string>") -> AgentConfig:
     """Validate YAML ``text``; ``source`` names it in messages."""
-    return _Parser(source).parse(text)
+    from guest_agent.config_parser import Parser  # the YAML walk, kept apart
 
-
-class _Parser:
-    def __init__(self, source: str) -> None:
-        self.source = source
-        self.problems: list[str] = []
-        self._constructor = yaml.SafeLoader("")
-
-    def problem(self, node: Optional[yaml.Node], path: str, message: str) -> None:
-        line = node.start_mark.line + 1 if node is not None else 1
-        where = f"{path}: " if path else ""
-        self.problems.append(f"{self.source}:{line}: {where}{message}")
-
-    def value(self, node: yaml.Node) -> Any:
-        if not isinstance(node, yaml.ScalarNode):
-            return _NOT_SCALAR
-        return self._constructor.construct_object(node, deep=True)
-
-    def parse(self, text: str) -> AgentConfig:
-        try:
-            root = yaml.compose(text, Loader=yaml.SafeLoader)
-        except yaml.MarkedYAMLError as exc:
-            mark = exc.problem_mark or exc.context_mark
-            line = mark.line + 1 if mark else 1
-            raise ConfigError(
-                [f"{self.source}:{line}: not valid YAML: {exc.problem or exc.context}"]
-            ) from None
-        except yaml.YAMLError as exc:
-            raise ConfigError([f"{self.source}:1: not valid YAML: {exc}"]) from None
-        fields: dict[str, Any] = {}
-        if root is not None and not (isinstance(root, yaml.ScalarNode) and root.value == ""):
-            if not isinstance(root, yaml.MappingNode):
-                self.problem(
-                    root, "", f"must be a mapping of settings, e.g. `port: {DEFAULT_PORT}`"
-                )
-            else:
-                fields = self.mapping(root, "", TOP_KEYS)
-        for key, (node, raw) in list(fields.items()):
-            if key == "checks":
-                fields[key] = self.checks(node)
-                continue
-            try:
-                fields[key] = _TOP_VALIDATORS[key](raw)
-            except ValueError as exc:
-                self.problem(node, key, str(exc))
-        if self.problems:
-            raise ConfigError(self.problems)
-        return AgentConfig(source=self.source, **fields)
-
-    def mapping(
-        self, node: yaml.MappingNode, prefix: str, allowed: tuple[str, ...]
-    ) -> dict[str, tuple[yaml.Node, Any]]:
-        """Return {key: (value node, value)} of known keys; report unknown and repeated keys."""
-        out: dict[str, tuple[yaml.Node, Any]] = {}
-        for knode, vnode in node.value:
-            key = self.value(knode)
-            path = f"{prefix}{key}"
-            if not isinstance(key, str) or key not in allowed:
-                close = difflib.get_close_matches(str(key), allowed, n=1)
-                hint = f"did you mean `{close[0]}`? " if close else ""
-                self.problem(knode, path, f"unknown key; {hint}allowed keys: {', '.join(allowed)}")
-                continue
-            if key in out:
-                self.problem(knode, path, "given twice; keep one")
-                continue
-            out[key] = (vnode, self.value(vnode))
-        return out
-
-    def checks(self, node: yaml.Node) -> tuple[CheckConfig, ...]:
-        if isinstance(node, yaml.ScalarNode) and self.value(node) is None:
-            return ()
-        if not isinstance(node, yaml.SequenceNode):
-            self.problem(
-                node,
-                "checks",
-                "must be a list of checks, e.g. `checks: [{name: web, process: nginx}]`",
-            )
-            return ()
-        if len(node.value) > MAX_CHECKS:
-            self.problem(node, "checks", f"at most {MAX_CHECKS} checks; remove some")
-        out: list[CheckConfig] = []
-        seen: dict[str, int] = {}
-        for i, item in enumerate(node.value):
-            check = self.check(item, f"checks[{i}]")
-            if check is None:
-                continue
-            if check.name in seen:
-                self.problem(
-                    item,
-                    f"checks[{i}].name",
-                    f"{check.name!r} is already the name of check {seen[check.name]}; "
-                    "names must be unique",
-                )
-                continue
-            seen[check.name] = i
-            out.append(check)
-        return tuple(out)
-
-    def check(self, node: yaml.Node, path: str) -> Optional[CheckConfig]:
-        if not isinstance(node, yaml.MappingNode):
-            self.problem(node, path, "must be a mapping, e.g. `- {name: web, process: nginx}`")
-            return None
-        before = len(self.problems)
-        fields = self.mapping(node, f"{path}.", CHECK_KEYS)
-        clean: dict[str, Any] = {}
-        for key, (vnode, raw) in fields.items():
-            try:
-                if key == "name":
-                    clean[key] = check_name(raw)
-                elif key in MATCH_KINDS:
-                    clean[key] = check_target(key, raw)
-                elif key == "min_count":
-                    clean[key] = check_min_count(raw)
-                else:
-                    clean[key] = check_grace(raw)
-            except ValueError as exc:
-                self.problem(vnode, f"{path}.{key}", str(exc))
-        if "name" not in fields:
-            self.problem(node, path, "has no name; add one, e.g. `name: web`")
-        kinds = [k for k in MATCH_KINDS if k in fields]
-        if len(kinds) != 1:
-            found = " and ".join(kinds) if kinds else "none"
-            self.problem(
-                node,
-                path,
-                f"needs exactly one of process, cmdline or pidfile (found {found}), "
-                "e.g. `process: nginx`",
-            )
-        if kinds == ["pidfile"] and clean.get("min_count", 1) != 1:
-            self.problem(
-                fields["min_count"][0],
-                f"{path}.min_count",
-                "a pidfile names one process: remove it or write `min_count: 1`",
-            )
-        if len(self.problems) > before:
-            return None
-        kind = kinds[0]
-        return CheckConfig(
-            name=clean["name"],
-            kind=kind,
-            target=clean[kind],
-            min_count=clean.get("min_count", 1),
-            grace=clean.get("grace", DEFAULT_GRACE),
-        )
-
-
-class _NotScalar:
-    def __repr__(self) -> str:
-        return "<not a scalar>"
-
-
-_NOT_SCALAR = _NotScalar()
+    return Parser(source).parse(text)

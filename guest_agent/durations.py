@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Union
+from typing import Any, Union
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+UNITS_TEXT = "ms, s, m, h or d"
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 
 
@@ -23,12 +24,36 @@ def parse_duration(value: Union[str, int, float]) -> float:
     elif isinstance(value, str):
         m = _DURATION.match(value)
         if not m:
-            raise ValueError(f"not a duration: {value!r} (write e.g. 30s, 10m or 2h)")
+            raise ValueError(
+                f"not a duration: {value!r} (a number and one unit: {UNITS_TEXT}; "
+                "e.g. 30s, 10m or 2h)"
+            )
         seconds = float(m.group(1)) * _UNITS[m.group(2) or "s"]
     else:
         raise ValueError(f"not a duration: {value!r}")
     if math.isnan(seconds) or math.isinf(seconds) or seconds < 0:
         raise ValueError(f"not a duration: {value!r}")
+    return seconds
+
+
+def duration_in(key: str, value: Any, lo: float, hi: float, example: str) -> float:
+    """``value`` as seconds within [lo, hi]; the ValueError says what to write instead.
+
+    A value that is no duration at all (``5 minutes``) gets the accepted units;
+    a duration out of range gets the range.
+    """
+    try:
+        seconds = parse_duration(value)
+    except ValueError:
+        shown = value if isinstance(value, str) else repr(value)
+        raise ValueError(
+            f"`{shown}` is not a duration: write a number of seconds or a number and one "
+            f"unit ({UNITS_TEXT}), e.g. `{key}: {example}`"
+        ) from None
+    if not lo <= seconds <= hi:
+        raise ValueError(
+            f"must be a duration between {lo:g} and {hi:g} seconds, e.g. `{key}: {example}`"
+        )
     return seconds
 
 

@@ -63,13 +63,13 @@ ERRORS = [
     ),
     (
         "checks:\n  - name: a\n    process: x\n    pidfile: /p\n",
-        "f.yaml:2: checks[0]: needs exactly one of process, cmdline or pidfile (found process and "
-        "pidfile)",
+        "f.yaml:2: checks[0]: needs exactly one of process, cmdline, pidfile, http, tcp, exec, "
+        "heartbeat or file (found process and pidfile)",
     ),
     (
         "checks:\n  - name: a\n",
-        "f.yaml:2: checks[0]: needs exactly one of process, cmdline or "
-        "pidfile (found none), e.g. `process: nginx`",
+        "f.yaml:2: checks[0]: needs exactly one of process, cmdline, pidfile, http, tcp, exec, "
+        "heartbeat or file (found none), e.g. `process: nginx`",
     ),
     ("checks:\n  - process: x\n", "f.yaml:2: checks[0]: has no name; add one, e.g. `name: web`"),
     (
@@ -109,7 +109,7 @@ ERRORS = [
         "f.yaml:1: heartbeat_interval: must be a duration between "
         "0.1 and 60 seconds, e.g. `heartbeat_interval: 1s`",
     ),
-    ("heartbeat_interval: true\n", "f.yaml:1: heartbeat_interval: must be a duration"),
+    ("heartbeat_interval: true\n", "f.yaml:1: heartbeat_interval: `True` is not a duration"),
     ("rescan_interval: 0\n", "f.yaml:1: rescan_interval: must be a duration between 0.5 and 300"),
     ("port: ttyS1\n", "f.yaml:1: port: must be an absolute path, e.g. `port: /dev/virtio-ports/"),
     ("control_socket: [a]\n", "f.yaml:1: control_socket: must be an absolute path"),

@@ -204,6 +204,8 @@ def test_agent_unit(tree) -> None:
     assert s["ExecStart"] == "/usr/bin/iim-agent run"
     assert s["Restart"] == "always" and s["RestartSec"] == "2s"
     assert s["RuntimeDirectory"] == "iim-agent" and s["ProtectSystem"] == "strict"
+    # http and tcp probes connect to the instance's services; the notify socket is AF_UNIX
+    assert set(s["RestrictAddressFamilies"].split()) == {"AF_UNIX", "AF_INET", "AF_INET6"}
     assert u["Install"]["WantedBy"] == "multi-user.target"
     # A tty agent must not be stopped for want of the virtio device.
     assert "BindsTo" not in u["Unit"] and "Requires" not in u["Unit"]
