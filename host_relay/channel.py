@@ -13,8 +13,10 @@ drain): an agent of protocol 0.2 answers with its hello, its whole state and a
 failure frame per failed check, so a relay that was not reading when the
 failure happened still hears of it.  A 0.1.0 agent never reads it.
 
-Each channel reads under a token bucket on bytes/s and frames/s.  Over budget
-it stops reading: the kernel buffer fills up and QEMU holds back that guest
+Each channel reads in large chunks under three budgets: token buckets on
+bytes/s and frames/s of its own, and its fair share of the host-wide CPU
+budget for decoding guest input (host_relay.budget).  Over any of them it
+stops reading: the kernel buffer fills up and QEMU holds back that guest
 only, while every other channel keeps its share of the loop.
 """
 
@@ -30,6 +32,7 @@ from collections.abc import Iterable
 from typing import Any, Callable, Optional
 
 from host_relay.backoff import Backoff, BackoffPolicy
+from host_relay.budget import DecodeBudget
 from host_relay.settings import ChannelSettings
 from host_relay.transports import UNIX, is_closed_by_peer, open_stream
 from iim_protocol.codec import Decoder, encode
@@ -52,6 +55,8 @@ _BAD_INPUT_LOG_EVERY = 60.0
 # Retry delay after the detector itself raised in tick().
 _TICK_RETRY = 1.0
 SYNC_FRAME = encode(Sync())
+# The budgets a channel can be held back by (status and metrics count each).
+THROTTLE_BUDGETS = ("bytes", "frames", "cpu")
 
 
 class TokenBucket:
@@ -98,6 +103,7 @@ class ChannelConnection:
         clock: Callable[[], float] = time.monotonic,
         rng: Callable[[], float] = random.random,
         transport: str = UNIX,
+        budget: Optional[DecodeBudget] = None,
     ) -> None:
         self.instance_uuid = instance_uuid
         self.path = path
@@ -113,6 +119,11 @@ class ChannelConnection:
         now = clock()
         self._bytes = TokenBucket(settings.max_bytes_per_second, now)
         self._frames = TokenBucket(settings.max_frames_per_second, now)
+        # This channel's share of the host-wide CPU budget for guest input
+        # (one DecodeBudget per relay; a channel made alone gets its own).
+        if budget is None:
+            budget = DecodeBudget(settings.decode_budget, now)
+        self.cpu = budget.account(now)
         self.state = STATE_IDLE
         self.state_since = now
         self.next_retry_at: Optional[float] = None
@@ -136,6 +147,7 @@ class ChannelConnection:
         backoff = Backoff(BackoffPolicy(s.reconnect_initial, s.reconnect_max,
                                         stable_after=_STABLE_SECONDS), self._rng)
         self._schedule()
+        self.cpu.open()
         try:
             while True:
                 backoff.started(self._clock())
@@ -155,6 +167,7 @@ class ChannelConnection:
                 await asyncio.sleep(delay)
                 self.next_retry_at = None
         finally:
+            self.cpu.close()
             self._set_state(STATE_CLOSED)
             self._cancel_timer()
 
@@ -236,32 +249,49 @@ class ChannelConnection:
 
     async def _read_loop(self, reader: asyncio.StreamReader) -> None:
         chunk = self._settings.read_chunk
-        stats = self.decoder.stats
         while True:
-            now = self._clock()
-            wait = max(self._bytes.delay(now), self._frames.delay(now))
+            wait = self._hold_back(self._clock())
             if wait > 0:
-                self._throttled(now, wait)
                 await asyncio.sleep(wait)
                 continue
-            want = int(min(chunk, self._bytes.available(now)))
-            data = await reader.read(want)
+            # Whatever is buffered, up to a whole chunk: a flooding guest costs
+            # one read per chunk, never one per few bytes.
+            data = await reader.read(chunk)
             if not data:
                 return
-            now = self._clock()
-            self._bytes.take(len(data), now)
-            ok_before, bad_before = stats.frames_ok, stats.frames_rejected
-            messages = self.decoder.feed(data)
-            bad = stats.frames_rejected
-            self._frames.take(stats.frames_ok - ok_before + bad - bad_before, now)
-            if bad != bad_before or stats.bytes_skipped != self._skipped_seen:
-                self._bad_input(now)
-            for msg in messages:
-                self.last_message_at = now
-                if isinstance(msg, Heartbeat):
-                    self.last_heartbeat_at = now
-                    self.counters["heartbeats"] += 1
-                self._carry_out(self.detector.message(msg, now))
+            cpu = time.thread_time()
+            self._consume(data, self._clock())
+            self.cpu.charge(time.thread_time() - cpu, self._clock())
+
+    def _hold_back(self, now: float) -> float:
+        """Seconds this channel must not be read: the longest wait of its three budgets.
+
+        Each may go into debt (a chunk is decoded whole, then paid for), so a
+        flooding channel waits about a chunk's worth at a time.
+        """
+        waits = (("bytes", self._bytes.delay(now)), ("frames", self._frames.delay(now)),
+                 ("cpu", self.cpu.wait(now)))
+        which, wait = max(waits, key=lambda w: w[1])
+        if wait > 0:
+            self._throttled(now, which, wait)
+        return wait
+
+    def _consume(self, data: bytes, now: float) -> None:
+        """Decode ``data`` and hand its messages to the detector."""
+        stats = self.decoder.stats
+        self._bytes.take(len(data), now)
+        ok_before, bad_before = stats.frames_ok, stats.frames_rejected
+        messages = self.decoder.feed(data)
+        bad = stats.frames_rejected
+        self._frames.take(stats.frames_ok - ok_before + bad - bad_before, now)
+        if bad != bad_before or stats.bytes_skipped != self._skipped_seen:
+            self._bad_input(now)
+        for msg in messages:
+            self.last_message_at = now
+            if isinstance(msg, Heartbeat):
+                self.last_heartbeat_at = now
+                self.counters["heartbeats"] += 1
+            self._carry_out(self.detector.message(msg, now))
 
     def _bad_input(self, now: float) -> None:
         """Rejected input is counted always and logged at most once a minute."""
@@ -278,8 +308,7 @@ class ChannelConnection:
             ", ".join(f"{k}={v}" for k, v in sorted(stats.rejected.items())) or "none",
         )
 
-    def _throttled(self, now: float, wait: float) -> None:
-        which = "bytes" if self._bytes.delay(now) > 0 else "frames"
+    def _throttled(self, now: float, which: str, wait: float) -> None:
         self.counters[f"throttled_{which}"] += 1
         self.throttled_seconds += wait
         if now - self._last_throttle_log >= _THROTTLE_LOG_EVERY:
@@ -288,7 +317,7 @@ class ChannelConnection:
                 "Channel of instance %s is over its %s budget; reading paused "
                 "(throttled %d times so far)",
                 self.instance_uuid, which,
-                self.counters["throttled_bytes"] + self.counters["throttled_frames"],
+                sum(self.counters[f"throttled_{k}"] for k in THROTTLE_BUDGETS),
             )
 
     # -- detector outputs and timer -----------------------------------------

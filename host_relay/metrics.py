@@ -79,7 +79,7 @@ class Reading:
     host: str
     instances: list[InstanceReading]
     rejected: dict[str, int]  # by reason, summed over the instances
-    throttled: dict[str, int]  # times a channel paused, by budget ("bytes", "frames")
+    throttled: dict[str, int]  # times a channel paused, by budget ("bytes", "frames", "cpu")
     sender: dict[str, int]
     outbox: Optional[dict[str, Any]]  # None: the outbox could not be read
     restarts: dict[str, int]  # by part, every channel counted as "channel"
@@ -91,7 +91,7 @@ def reading_from(status: Any) -> Reading:
     """The metrics' view of a :class:`host_relay.status.RelayStatus`."""
     instances = []
     rejected: collections.Counter[str] = collections.Counter()
-    throttled = {"bytes": 0, "frames": 0}
+    throttled = {"bytes": 0, "frames": 0, "cpu": 0}
     for uuid, inst in status.instances.items():
         if inst.channel is None:
             continue  # known to libvirt only: no channel series
@@ -107,8 +107,8 @@ def reading_from(status: Any) -> Reading:
             throttled_seconds=inst.throttle.get("seconds", 0.0),
         ))
         rejected.update(inst.decoder.get("rejected", {}))
-        throttled["bytes"] += inst.throttle.get("bytes", 0)
-        throttled["frames"] += inst.throttle.get("frames", 0)
+        for budget in throttled:
+            throttled[budget] += inst.throttle.get(budget, 0)
     outbox = None
     if status.outbox is not None and status.outbox.error is None:
         outbox = dataclasses.asdict(status.outbox)

@@ -31,7 +31,8 @@ from typing import Any, Callable, Optional
 
 import iim_protocol
 from host_relay import render, status
-from host_relay.channel import ChannelConnection
+from host_relay.budget import DecodeBudget
+from host_relay.channel import THROTTLE_BUDGETS, ChannelConnection
 from host_relay.control import ControlServer
 from host_relay.discovery import Discovery
 from host_relay.domains import ORIGIN_SOCKET_DIR
@@ -163,6 +164,8 @@ class Relay:
         self._outputs = render.OutputHandler(self.writer, sender, settings.host, clock=clock,
                                              wall_clock=wall_clock)
         self._ops = Worker("outbox-ops")  # restore, requeue, close: never on the loop
+        # One CPU budget for all channels' guest input, shared fairly (host_relay.budget).
+        self.decode_budget = DecodeBudget(settings.channels.decode_budget, clock())
         self._supervisor = Supervisor(clock)
         self._discovery: Optional[Discovery] = None
         self._libvirt: Any = None
@@ -363,7 +366,7 @@ class Relay:
         conn = ChannelConnection(
             inst.uuid, path, self.settings.channels, self._detector_for(inst, now),
             lambda outputs, inst=inst: self.carry_out(inst, outputs),
-            clock=self._clock, transport=transport_for(path, origin),
+            clock=self._clock, transport=transport_for(path, origin), budget=self.decode_budget,
         )
         inst.conn = conn
         name = f"channel {inst.uuid}"
@@ -520,8 +523,8 @@ class Relay:
             heartbeats=conn.counters["heartbeats"] if conn else 0,
             detector=det,
             decoder=conn.decoder.stats.as_dict() if conn else {},
-            throttle={"bytes": conn.counters["throttled_bytes"],
-                      "frames": conn.counters["throttled_frames"],
+            throttle={**{k: conn.counters[f"throttled_{k}"] for k in THROTTLE_BUDGETS},
+                      "cpu_seconds": round(conn.cpu.cpu_total, 3),
                       "seconds": round(conn.throttled_seconds, 3)} if conn else {},
             last_failure=status.entry_dict(entry, wall) if entry is not None else None,
             libvirt=domain,
