@@ -33,6 +33,7 @@ from typing import Any, Callable, Optional
 
 from host_relay.backoff import Backoff, BackoffPolicy
 from host_relay.budget import DecodeBudget
+from host_relay.log_budget import LogBudget
 from host_relay.settings import ChannelSettings
 from host_relay.transports import UNIX, is_closed_by_peer, open_stream
 from iim_protocol.codec import Decoder, encode
@@ -48,10 +49,6 @@ STATE_CLOSED = "closed"
 
 # A connection that lasted this long (or carried a valid frame) resets backoff.
 _STABLE_SECONDS = 10.0
-# Throttling and rejected input are logged at most this often per channel:
-# a hostile guest must not be able to flood the host's log.
-_THROTTLE_LOG_EVERY = 60.0
-_BAD_INPUT_LOG_EVERY = 60.0
 # Retry delay after the detector itself raised in tick().
 _TICK_RETRY = 1.0
 SYNC_FRAME = encode(Sync())
@@ -104,6 +101,7 @@ class ChannelConnection:
         rng: Callable[[], float] = random.random,
         transport: str = UNIX,
         budget: Optional[DecodeBudget] = None,
+        log_budget: Optional[LogBudget] = None,
     ) -> None:
         self.instance_uuid = instance_uuid
         self.path = path
@@ -124,6 +122,8 @@ class ChannelConnection:
         if budget is None:
             budget = DecodeBudget(settings.decode_budget, now)
         self.cpu = budget.account(now)
+        # Lines this guest can cause, each kind once a minute (the instance's budget).
+        self.log_budget = log_budget if log_budget is not None else LogBudget()
         self.state = STATE_IDLE
         self.state_since = now
         self.next_retry_at: Optional[float] = None
@@ -134,10 +134,8 @@ class ChannelConnection:
         self._connected = False
         self._timer: Optional[asyncio.TimerHandle] = None
         self._timer_deadline: Optional[float] = None
-        self._last_throttle_log = float("-inf")
         self._logged_errno: Optional[int] = None
         self._skipped_seen = 0
-        self._last_bad_log = float("-inf")
 
     # -- life cycle ---------------------------------------------------------
 
@@ -201,7 +199,8 @@ class ChannelConnection:
         self._set_state(STATE_CONNECTED)
         self._connected = True
         ok_before = self.decoder.stats.frames_ok
-        LOG.info("Channel of instance %s connected", self.instance_uuid)
+        self._log(logging.INFO, "connected", "Channel of instance %s connected",
+                  self.instance_uuid)
         try:
             self._send_sync(writer)
             self._carry_out(self.detector.channel_connected(self._clock()))
@@ -210,7 +209,8 @@ class ChannelConnection:
             except OSError as exc:
                 if not is_closed_by_peer(exc):
                     raise
-            LOG.info("Channel of instance %s closed by the other end", self.instance_uuid)
+            self._log(logging.INFO, "closed", "Channel of instance %s closed by the other end",
+                      self.instance_uuid)
         finally:
             writer.close()
             self._connected = False
@@ -293,14 +293,15 @@ class ChannelConnection:
                 self.counters["heartbeats"] += 1
             self._carry_out(self.detector.message(msg, now))
 
+    def _log(self, level: int, kind: str, msg: str, *args: Any) -> None:
+        self.log_budget.log(LOG, level, kind, self._clock(), msg, *args)
+
     def _bad_input(self, now: float) -> None:
         """Rejected input is counted always and logged at most once a minute."""
         stats = self.decoder.stats
         self._skipped_seen = stats.bytes_skipped
-        if now - self._last_bad_log < _BAD_INPUT_LOG_EVERY:
-            return
-        self._last_bad_log = now
-        LOG.warning(
+        self.log_budget.log(
+            LOG, logging.WARNING, "bad_input", now,
             "Instance %s sent input that is not iim frames: %d bytes skipped, %d frames "
             "rejected (%s) so far; an outdated agent or another program writing to the "
             "port would do this (see `iim-relay status`)",
@@ -311,14 +312,13 @@ class ChannelConnection:
     def _throttled(self, now: float, which: str, wait: float) -> None:
         self.counters[f"throttled_{which}"] += 1
         self.throttled_seconds += wait
-        if now - self._last_throttle_log >= _THROTTLE_LOG_EVERY:
-            self._last_throttle_log = now
-            LOG.warning(
-                "Channel of instance %s is over its %s budget; reading paused "
-                "(throttled %d times so far)",
-                self.instance_uuid, which,
-                sum(self.counters[f"throttled_{k}"] for k in THROTTLE_BUDGETS),
-            )
+        self.log_budget.log(
+            LOG, logging.WARNING, "throttled", now,
+            "Channel of instance %s is over its %s budget; reading paused "
+            "(throttled %d times so far)",
+            self.instance_uuid, which,
+            sum(self.counters[f"throttled_{k}"] for k in THROTTLE_BUDGETS),
+        )
 
     # -- detector outputs and timer -----------------------------------------
 

@@ -70,6 +70,7 @@ class InstanceReading:
     bytes_skipped: int
     frames_rejected: int
     throttled_seconds: float
+    log_suppressed: int
 
 
 @dataclasses.dataclass
@@ -105,6 +106,7 @@ def reading_from(status: Any) -> Reading:
             bytes_skipped=inst.decoder.get("bytes_skipped", 0),
             frames_rejected=inst.decoder.get("frames_rejected", 0),
             throttled_seconds=inst.throttle.get("seconds", 0.0),
+            log_suppressed=sum(inst.log_suppressed.values()),
         ))
         rejected.update(inst.decoder.get("rejected", {}))
         for budget in throttled:
@@ -169,7 +171,11 @@ def _instance_families(r: Reading) -> Iterator[Metric]:
         "size or content).", labels=label)
     throttled = CounterMetricFamily(
         "iim_relay_throttled_seconds", "Seconds the relay paused reading the channel because "
-        "the guest sent over its bytes/frames budget.", labels=label)
+        "the guest sent over its bytes/frames budget or its share of the CPU budget.",
+        labels=label)
+    suppressed = CounterMetricFamily(
+        "iim_relay_log_lines_suppressed", "Log lines about the instance held back by its "
+        "log budget (each kind at most once a minute).", labels=label)
     for i in r.instances:
         state.add_metric([i.uuid, i.detector_state], 1)
         connected.add_metric([i.uuid], 1 if i.connected else 0)
@@ -177,7 +183,8 @@ def _instance_families(r: Reading) -> Iterator[Metric]:
         skipped.add_metric([i.uuid], i.bytes_skipped)
         rejected.add_metric([i.uuid], i.frames_rejected)
         throttled.add_metric([i.uuid], i.throttled_seconds)
-    yield from (state, connected, heartbeats, skipped, rejected, throttled)
+        suppressed.add_metric([i.uuid], i.log_suppressed)
+    yield from (state, connected, heartbeats, skipped, rejected, throttled, suppressed)
 
 
 def _host_families(r: Reading, queued: int) -> Iterator[Metric]:

@@ -367,6 +367,7 @@ class Relay:
             inst.uuid, path, self.settings.channels, self._detector_for(inst, now),
             lambda outputs, inst=inst: self.carry_out(inst, outputs),
             clock=self._clock, transport=transport_for(path, origin), budget=self.decode_budget,
+            log_budget=inst.log_budget,
         )
         inst.conn = conn
         name = f"channel {inst.uuid}"
@@ -404,7 +405,7 @@ class Relay:
 
     def carry_out(self, inst: Instance, outputs: list) -> None:
         """Render a detector call's outputs; write its notifications with its record."""
-        self._outputs(inst.uuid, inst.log_marks, outputs)
+        self._outputs(inst.uuid, inst.log_budget, outputs)
 
     # -- control requests -----------------------------------------------------
 
@@ -532,6 +533,7 @@ class Relay:
             problem=domain.get("problem") if domain else None,
             reason=domain.get("reason") if domain else None,
             fix=domain.get("fix") if domain else None,
+            log_suppressed=dict(inst.log_budget.suppressed),
         )
 
     def _libvirt_status(self) -> dict[str, Any]:

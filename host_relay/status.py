@@ -56,6 +56,8 @@ class InstanceStatus:
     problem: Optional[str] = None
     reason: Optional[str] = None
     fix: Optional[str] = None
+    # Guest-caused log lines held back by the log budget, by kind (host_relay.log_budget).
+    log_suppressed: dict[str, int] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -34,8 +34,9 @@ def transport_for(path: str, origin: str) -> str:
 
 
 def is_closed_by_peer(exc: BaseException) -> bool:
-    """A pty whose other end (QEMU) went away reads EIO: that is a hang-up, not a failure."""
-    return isinstance(exc, OSError) and exc.errno == errno.EIO
+    """A hang-up, not a failure: a pty whose other end (QEMU) went away reads EIO, and a
+    socket closed by a guest with unread data in it reads ECONNRESET."""
+    return isinstance(exc, OSError) and exc.errno in (errno.EIO, errno.ECONNRESET)
 
 
 class _PipeCloser:

@@ -13,6 +13,7 @@ import pytest
 
 from host_relay.channel import STATE_BACKOFF, STATE_CONNECTED, ChannelConnection, TokenBucket
 from host_relay.detector import Detector, DetectorConfig
+from host_relay.log_budget import LogBudget
 from host_relay.outbox import Outbox
 from host_relay.render import OutputHandler
 from host_relay.settings import ChannelSettings
@@ -56,10 +57,11 @@ class Rig:
     def channel(self, uuid: str, detector=None, **config) -> ChannelConnection:
         now = time.monotonic()
         detector = detector or Detector(DetectorConfig(**{**FAST, **config}), now)
-        marks: dict = {}
+        log_budget = LogBudget()
         conn = ChannelConnection(uuid, os.path.join(self.sock_dir, f"{uuid}.sock"),
                                  self.settings, detector,
-                                 lambda outputs: self.outputs(uuid, marks, outputs))
+                                 lambda outputs: self.outputs(uuid, log_budget, outputs),
+                                 log_budget=log_budget)
         self.channels[uuid] = conn
         self.tasks.append(asyncio.create_task(conn.run()))
         return conn
