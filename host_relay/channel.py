@@ -207,7 +207,10 @@ class ChannelConnection:
             try:
                 await self._read_loop(reader)
             except OSError as exc:
-                if not is_closed_by_peer(exc):
+                # A peer that closes with our sync still unread resets the socket:
+                # that is a hang-up like any other, not a failure of the channel.
+                if not (is_closed_by_peer(exc)
+                        or isinstance(exc, (ConnectionResetError, BrokenPipeError))):
                     raise
             self._log(logging.INFO, "closed", "Channel of instance %s closed by the other end",
                       self.instance_uuid)

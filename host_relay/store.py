@@ -255,11 +255,15 @@ class StoreWriter:
                     self._wake.clear()
                     await self._wait(None, stop)
                     continue
-                if await self._commit_once():
+                done = await self._commit_once()
+                if done is None:  # only notifications being sent directly: wait for them
+                    self._wake.clear()
+                    await self._wait(self._retry_initial, stop)
+                elif done:
                     delay = self._retry_initial
-                    continue
-                await self._wait(delay, stop)
-                delay = min(delay * 2, self._retry_max)
+                else:
+                    await self._wait(delay, stop)
+                    delay = min(delay * 2, self._retry_max)
         finally:
             direct.cancel()
             await asyncio.gather(direct, return_exceptions=True)
@@ -267,7 +271,7 @@ class StoreWriter:
     async def flush(self, timeout: float) -> bool:
         """Commit what is pending now (shutdown); False if it could not within ``timeout``."""
         try:
-            return await asyncio.wait_for(self._commit_once(), timeout)
+            return bool(await asyncio.wait_for(self._commit_once(), timeout)) or not self.pending
         except asyncio.TimeoutError:
             return False
 
@@ -290,11 +294,12 @@ class StoreWriter:
             for w in waiters:
                 w.cancel()
 
-    async def _commit_once(self) -> bool:
+    async def _commit_once(self) -> Optional[bool]:
+        """True: committed; False: failed; None: nothing could be written now."""
         notes = [p for p in self._notes.values() if not p.direct_in_flight]
         records = dict(self._records)
         if not notes and not records:
-            return True
+            return None
         entries = [self._entry_to_write(p) for p in notes]
         rows = {k: (None if v is _FORGET else v) for k, v in records.items()}
         self._commit_started = self._clock()

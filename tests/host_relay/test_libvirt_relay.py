@@ -164,7 +164,7 @@ def hotplugged_and_connected(entry: dict) -> bool:
 
 def domain_state(entry: dict) -> str | None:
     """The domain state the detector works with (instances with a channel)."""
-    return (entry.get("detector") or {}).get("domain_state")
+    return (entry.get("detector") or {}).get("domain")
 
 
 def test_running_domain_gets_the_channel_and_the_relay_connects(
@@ -276,7 +276,7 @@ def test_serial_fallback_reads_the_guest_through_the_pty_of_serial_port_1(
 
     entry = relay.wait_instance(
         spec.uuid, lambda e: e.get("origin") == "serial" and connected(e)
-        and (e["detector"].get("last_heartbeat_seq") or 0) >= 2, "frames over the serial port")
+        and (e["detector"].get("last_seq") or 0) >= 2, "frames over the serial port")
     assert entry["libvirt"]["path"] == pty, entry  # the host end of ttyS1, from the live XML
     assert entry["problem"] == "no_controller"  # still said, with the fix, while serial works
     assert iim_channels(dom) == []

@@ -206,8 +206,8 @@ def test_killed_process_in_a_real_guest_reaches_masakari_through_the_hot_plugged
                            and e, BOOT_TIMEOUT, console, relay)
         armed_at = time.time()
         assert "kill" not in console.seen, "the guest killed its process before the relay armed"
-        reported = armed["detector"]["guest_reported"]
-        assert reported["agent_version"] and reported["checks"] == ["demo"], reported
+        reported = armed["detector"]  # guest-reported fields: informational only
+        assert reported["agent_version"] and list(reported["checks"]) == ["demo"], reported
 
         failure = wait_until(
             "the failure delivered to Masakari (202)",
