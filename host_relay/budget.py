@@ -15,15 +15,21 @@ what each channel used in the last window: channels that never had to wait
 keep what they used, and what is left of ``[channels] decode_budget`` (a
 fraction of one core) is split evenly between those that did.  So a quiet
 instance is never slowed down by 60 flooding ones, and the flooders together
-get at most the budget, whatever they send.  Until the shares catch up with
+get at most the budget, whatever they send.  The CPU a read costs the event
+loop outside the measured part (waking up, waiting, timers) is covered by
+comparing the loop thread's CPU over each window with what was charged: the
+budget shrinks by that ratio while channels contend.  Until the shares catch up with
 a flood that just started, a host-wide balance holds back every channel
 that used more than a trickle in the current window.
 """
 
 from __future__ import annotations
 
+from typing import Callable, Optional
+
 WINDOW = 1.0  # seconds between recomputations of the fair rate
 BURST = 0.25  # seconds of its fair rate a channel may bank while idle
+MAX_OVERHEAD = 20.0  # loop CPU per charged CPU s: a bound on the correction
 TRICKLE_MIN = 0.002  # CPU s per window: a few heartbeats' worth, never held back
 
 
@@ -98,12 +104,20 @@ class CpuAccount:
 class DecodeBudget:
     """``fraction`` of one core for all channels' input together."""
 
-    def __init__(self, fraction: float, now: float, window: float = WINDOW) -> None:
+    def __init__(self, fraction: float, now: float, window: float = WINDOW,
+                 loop_cpu: Optional[Callable[[], float]] = None) -> None:
         if not 0 < fraction <= 1:
             raise ValueError(f"decode budget must be within (0, 1], got {fraction}")
         self.fraction = fraction
         self.window = window
         self.rate = fraction  # fair rate per channel, CPU s per s
+        # What the measured reads cost does not include the loop's own work per
+        # read (waiting, waking, timers): the CPU of the loop's thread over a
+        # window, against what was charged, scales the budget down to cover it.
+        self._loop_cpu = loop_cpu
+        self._loop_mark = loop_cpu() if loop_cpu is not None else 0.0
+        self._charged_mark = 0.0
+        self.overhead = 1.0  # loop CPU per charged CPU s, last window (1: not measured)
         self.cpu_total = 0.0
         self.balance = fraction * BURST  # host-wide, for the window before shares are known
         self._stamp = now
@@ -164,6 +178,15 @@ class DecodeBudget:
                 light.append(acc.used / span)
             acc.used = 0.0
             acc.waited = False
-        self.rate = max(fair_rate(light, heavy, self.fraction), self.fraction * 1e-4)
+        if self._loop_cpu is not None:
+            loop = self._loop_cpu()
+            charged = self.cpu_total - self._charged_mark
+            if charged > 0 and heavy:
+                self.overhead = min(max((loop - self._loop_mark) / charged, 1.0), MAX_OVERHEAD)
+            else:
+                self.overhead = 1.0
+            self._loop_mark, self._charged_mark = loop, self.cpu_total
+        capacity = self.fraction / self.overhead
+        self.rate = max(fair_rate(light, heavy, capacity), self.fraction * 1e-4)
         self._window_start = now
         return self.rate

@@ -35,7 +35,7 @@ from host_relay.backoff import Backoff, BackoffPolicy
 from host_relay.budget import DecodeBudget
 from host_relay.log_budget import LogBudget
 from host_relay.settings import ChannelSettings
-from host_relay.transports import UNIX, is_closed_by_peer, open_stream
+from host_relay.transports import UNIX, Endpoint, is_closed_by_peer, open_channel
 from iim_protocol.codec import Decoder, encode
 from iim_protocol.messages import Heartbeat, Sync
 
@@ -49,6 +49,8 @@ STATE_CLOSED = "closed"
 
 # A connection that lasted this long (or carried a valid frame) resets backoff.
 _STABLE_SECONDS = 10.0
+# Reads of one channel per loop wake-up at most (each a whole chunk, within budget).
+_CHUNKS_PER_WAKE = 8
 # Retry delay after the detector itself raised in tick().
 _TICK_RETRY = 1.0
 SYNC_FRAME = encode(Sync())
@@ -186,9 +188,7 @@ class ChannelConnection:
         """One connection; returns True if it carried a valid frame."""
         self._set_state(STATE_CONNECTING)
         try:
-            reader, writer = await open_stream(
-                self.path, self.transport, max(self._settings.read_chunk, 1024)
-            )
+            endpoint = await open_channel(self.path, self.transport)
         except OSError as exc:
             self.counters["connect_failures"] += 1
             self.last_error = f"connect: {exc.strerror or exc}"
@@ -202,10 +202,10 @@ class ChannelConnection:
         self._log(logging.INFO, "connected", "Channel of instance %s connected",
                   self.instance_uuid)
         try:
-            self._send_sync(writer)
+            self._send_sync(endpoint)
             self._carry_out(self.detector.channel_connected(self._clock()))
             try:
-                await self._read_loop(reader)
+                await self._read_loop(endpoint)
             except OSError as exc:
                 # A peer that closes with our sync still unread resets the socket:
                 # that is a hang-up like any other, not a failure of the channel.
@@ -215,7 +215,7 @@ class ChannelConnection:
             self._log(logging.INFO, "closed", "Channel of instance %s closed by the other end",
                       self.instance_uuid)
         finally:
-            writer.close()
+            endpoint.close()
             self._connected = False
             self.counters["disconnects"] += 1
             self.decoder.reset()  # a partial frame cannot continue on a new connection
@@ -223,13 +223,15 @@ class ChannelConnection:
                 self._safe_detector_call("channel_closed")
         return self.decoder.stats.frames_ok > ok_before
 
-    def _send_sync(self, writer: Any) -> None:
-        """Ask the agent for its whole state; buffered, never awaited (the guest may not read)."""
+    def _send_sync(self, endpoint: Endpoint) -> None:
+        """Ask the agent for its whole state; never waits (the guest may not read)."""
         try:
-            writer.write(SYNC_FRAME)
-        except (OSError, RuntimeError) as exc:  # a channel that cannot take 3 bytes now
-            self.counters["sync_failures"] += 1
+            written = endpoint.write(SYNC_FRAME)
+        except OSError as exc:
+            written = False
             LOG.debug("Channel of instance %s: sync not written: %s", self.instance_uuid, exc)
+        if not written:  # a channel that cannot take 11 bytes now
+            self.counters["sync_failures"] += 1
             return
         self.counters["syncs"] += 1
 
@@ -250,21 +252,31 @@ class ChannelConnection:
 
     # -- reading ------------------------------------------------------------
 
-    async def _read_loop(self, reader: asyncio.StreamReader) -> None:
+    async def _read_loop(self, endpoint: Endpoint) -> None:
         chunk = self._settings.read_chunk
         while True:
             wait = self._hold_back(self._clock())
             if wait > 0:
                 await asyncio.sleep(wait)
                 continue
-            # Whatever is buffered, up to a whole chunk: a flooding guest costs
-            # one read per chunk, never one per few bytes.
-            data = await reader.read(chunk)
-            if not data:
-                return
-            cpu = time.thread_time()
-            self._consume(data, self._clock())
-            self.cpu.charge(time.thread_time() - cpu, self._clock())
+            await endpoint.readable()
+            # Whatever the kernel holds, a whole chunk at a time, and while the
+            # budgets allow, a few chunks per wake-up: a flooding guest costs
+            # its decoding, not a loop turn per few bytes.  The read system
+            # calls, decoding and the detector are all charged to it.
+            for _ in range(_CHUNKS_PER_WAKE):
+                cpu = time.thread_time()
+                try:
+                    data = endpoint.read(chunk)
+                except (BlockingIOError, InterruptedError):
+                    break
+                if not data:
+                    return
+                self._consume(data, self._clock())
+                now = self._clock()
+                self.cpu.charge(time.thread_time() - cpu, now)
+                if len(data) < chunk or self._hold_back(now) > 0:
+                    break
 
     def _hold_back(self, now: float) -> float:
         """Seconds this channel must not be read: the longest wait of its three budgets.

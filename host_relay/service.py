@@ -165,7 +165,8 @@ class Relay:
                                              wall_clock=wall_clock)
         self._ops = Worker("outbox-ops")  # restore, requeue, close: never on the loop
         # One CPU budget for all channels' guest input, shared fairly (host_relay.budget).
-        self.decode_budget = DecodeBudget(settings.channels.decode_budget, clock())
+        self.decode_budget = DecodeBudget(settings.channels.decode_budget, clock(),
+                                          loop_cpu=time.thread_time)
         self._supervisor = Supervisor(clock)
         self._discovery: Optional[Discovery] = None
         self._libvirt: Any = None

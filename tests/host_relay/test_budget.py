@@ -85,3 +85,22 @@ def test_the_budget_is_a_fraction_of_a_core():
         DecodeBudget(0.0, now=0.0)
     with pytest.raises(ValueError):
         DecodeBudget(1.5, now=0.0)
+
+
+def test_loop_cpu_beyond_what_was_charged_shrinks_the_budget():
+    """Reads that cost the loop 3x what was measured around them get a third of the budget."""
+    loop = [0.0]
+    budget = DecodeBudget(0.3, now=0.0, loop_cpu=lambda: loop[0])
+    a, b = budget.account(0.0), budget.account(0.0)
+    for acc in (a, b):
+        acc.charge(0.1, 0.5)
+        acc.wait(0.5)  # both contend
+    loop[0] = 0.6  # the loop's thread spent 0.6 CPU s for 0.2 charged
+    budget.rollover(1.0)
+    assert budget.overhead == pytest.approx(3.0)
+    assert budget.rate == pytest.approx(0.3 / 3 / 2)
+    # Nobody contends: no correction.
+    loop[0] = 0.7
+    a.charge(0.01, 1.5)
+    budget.rollover(2.0)
+    assert budget.overhead == 1.0
