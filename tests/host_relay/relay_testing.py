@@ -135,6 +135,7 @@ class CountingProxy:
         self.target = target.rstrip("/")
         self.posts: dict[str, int] = {}
         self.statuses: list[int] = []
+        self.answers: list[tuple[str, int]] = []  # (instance_uuid, status) of each POST
         proxy = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -144,6 +145,7 @@ class CountingProxy:
             def _forward(self, method: str) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else None
+                inst = None
                 if method == "POST" and self.path.endswith("/notifications") and body:
                     inst = json.loads(body)["notification"]["payload"]["instance_uuid"]
                     proxy.posts[inst] = proxy.posts.get(inst, 0) + 1
@@ -158,6 +160,8 @@ class CountingProxy:
                 except OSError:
                     status, data = 502, b'{"error": "masakari-api unreachable"}'
                 proxy.statuses.append(status)
+                if inst is not None:
+                    proxy.answers.append((inst, status))
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
