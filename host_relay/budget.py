@@ -20,7 +20,10 @@ loop outside the measured part (waking up, waiting, timers) is covered by
 comparing the loop thread's CPU over each window with what was charged: the
 budget shrinks by that ratio while channels contend.  Until the shares catch up with
 a flood that just started, a host-wide balance holds back every channel
-that used more than a trickle in the current window.
+that used more than a trickle in the current window.  A channel within its
+trickle (``TRICKLE`` CPU s per window, many heartbeats' worth) is never held
+back, however many instances share the host: only what a channel uses beyond
+it draws on the budget.
 """
 
 from __future__ import annotations
@@ -30,7 +33,10 @@ from typing import Callable, Optional
 WINDOW = 1.0  # seconds between recomputations of the fair rate
 BURST = 0.25  # seconds of its fair rate a channel may bank while idle
 MAX_OVERHEAD = 20.0  # loop CPU per charged CPU s: a bound on the correction
-TRICKLE_MIN = 0.002  # CPU s per window: a few heartbeats' worth, never held back
+# CPU s per window a channel may use whatever the budget says: many heartbeats'
+# worth (one costs well under 1 ms), so 2,000 honest instances are never held
+# back; only what a channel uses beyond it draws on the budget.
+TRICKLE = 0.003
 
 
 def fair_rate(light: list[float], heavy: int, capacity: float) -> float:
@@ -70,14 +76,17 @@ class CpuAccount:
     def wait(self, now: float) -> float:
         """Seconds to wait before reading again (0: read now)."""
         rate = self._refill(now)
+        if self.used <= TRICKLE:
+            # An honest agent's heartbeats never cost this much: however many
+            # instances share the host, a quiet channel is never held back.
+            return 0.0
         if self.balance <= 0:
             wait = -self.balance / rate
         else:
             # Shares lag one window behind (a flood that just started): the
-            # host-wide balance then holds back every channel that has used
-            # more than a trickle this window, but never a quiet one.
+            # host-wide balance then holds back every channel past its trickle.
             wait = self._budget.overdrawn(now)
-            if wait <= 0 or self.used <= self._budget.trickle:
+            if wait <= 0:
                 return 0.0
         self.waited = True
         self.waits += 1
@@ -90,7 +99,7 @@ class CpuAccount:
         self.balance -= cpu
         self.used += cpu
         self.cpu_total += cpu
-        self._budget.spend(cpu, now)
+        self._budget.spend(cpu, now, counted=self.used > TRICKLE)
 
     def open(self) -> None:
         """Count this account in the fair shares (again); idempotent."""
@@ -117,8 +126,10 @@ class DecodeBudget:
         self._loop_cpu = loop_cpu
         self._loop_mark = loop_cpu() if loop_cpu is not None else 0.0
         self._charged_mark = 0.0
+        self._counted_mark = 0.0
         self.overhead = 1.0  # loop CPU per charged CPU s, last window (1: not measured)
         self.cpu_total = 0.0
+        self.counted_total = 0.0  # of which beyond the channels' trickles
         self.balance = fraction * BURST  # host-wide, for the window before shares are known
         self._stamp = now
         self._window_start = now
@@ -129,10 +140,13 @@ class DecodeBudget:
                            self.balance + (now - self._stamp) * self.fraction)
         self._stamp = now
 
-    def spend(self, cpu: float, now: float) -> None:
-        self._refill(now)
-        self.balance -= cpu
+    def spend(self, cpu: float, now: float, counted: bool = True) -> None:
+        """``cpu`` s were charged; ``counted``: beyond a channel's trickle (draws on the budget)."""
         self.cpu_total += cpu
+        if counted:
+            self._refill(now)
+            self.balance -= cpu
+            self.counted_total += cpu
 
     def overdrawn(self, now: float) -> float:
         """Seconds until the host-wide balance is positive again (0: it is)."""
@@ -155,11 +169,6 @@ class DecodeBudget:
         return len(self._accounts)
 
     @property
-    def trickle(self) -> float:
-        """CPU s a channel may use in a window whatever the host-wide balance says."""
-        return max(self.fraction * BURST / max(1, len(self._accounts)), TRICKLE_MIN)
-
-    @property
     def heavy(self) -> int:
         """Channels that had to wait in the current window."""
         return sum(1 for a in self._accounts if a.waited)
@@ -179,13 +188,15 @@ class DecodeBudget:
             acc.used = 0.0
             acc.waited = False
         if self._loop_cpu is not None:
-            loop = self._loop_cpu()
-            charged = self.cpu_total - self._charged_mark
-            if charged > 0 and heavy:
-                self.overhead = min(max((loop - self._loop_mark) / charged, 1.0), MAX_OVERHEAD)
+            loop = self._loop_cpu() - self._loop_mark
+            counted = self.counted_total - self._counted_mark
+            free = (self.cpu_total - self._charged_mark) - counted  # within trickles
+            if counted > 0 and heavy:
+                self.overhead = min(max((loop - free) / counted, 1.0), MAX_OVERHEAD)
             else:
                 self.overhead = 1.0
-            self._loop_mark, self._charged_mark = loop, self.cpu_total
+            self._loop_mark += loop
+            self._charged_mark, self._counted_mark = self.cpu_total, self.counted_total
         capacity = self.fraction / self.overhead
         self.rate = max(fair_rate(light, heavy, capacity), self.fraction * 1e-4)
         self._window_start = now
