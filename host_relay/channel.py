@@ -308,6 +308,12 @@ class ChannelConnection:
                 self.counters["heartbeats"] += 1
             self._carry_out(self.detector.message(msg, now))
 
+    def throttle_counts(self) -> dict[str, Any]:
+        """Times held back by each budget, seconds held back, CPU charged (status, metrics)."""
+        return {**{k: self.counters[f"throttled_{k}"] for k in THROTTLE_BUDGETS},
+                "cpu_seconds": round(self.cpu.cpu_total, 3),
+                "seconds": round(self.throttled_seconds, 3)}
+
     def _log(self, level: int, kind: str, msg: str, *args: Any) -> None:
         self.log_budget.log(LOG, level, kind, self._clock(), msg, *args)
 

@@ -9,7 +9,6 @@ is checked with SO_PEERCRED: only root or the relay's own user may talk to it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
 import json
 import logging
@@ -99,8 +98,12 @@ class ControlServer:
         finally:
             server.close()
             self._sock = None
-            with contextlib.suppress(FileNotFoundError):
+            try:
                 os.unlink(self.path)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:  # a read-only state_path: the next relay replaces it
+                LOG.warning("Cannot remove the control socket %s: %s", self.path, exc)
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:

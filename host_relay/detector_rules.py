@@ -1,4 +1,4 @@
-"""The failure detector's states, inputs, facts, handlers and guards.
+"""The failure detector's states, facts, handlers and guards.
 
 ``detector_table.TABLE`` names, for each (state, input), a handler from this
 module (it changes the :class:`Facts`) and the destination: a :class:`State`,

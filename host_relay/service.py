@@ -21,18 +21,16 @@ configuration, installs the signal handlers and runs it.
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 import os
 import signal
 import time
-from collections.abc import Awaitable
 from typing import Any, Callable, Optional
 
 import iim_protocol
-from host_relay import render, status
+from host_relay import fallback, render, status
 from host_relay.budget import DecodeBudget
-from host_relay.channel import THROTTLE_BUDGETS, ChannelConnection
+from host_relay.channel import ChannelConnection
 from host_relay.control import ControlServer
 from host_relay.discovery import Discovery
 from host_relay.domains import ORIGIN_SOCKET_DIR
@@ -40,88 +38,15 @@ from host_relay.instances import SOURCE_LIBVIRT, SOURCE_SOCKET_DIR, Instance, In
 from host_relay.offloop import Worker
 from host_relay.settings import RelaySettings
 from host_relay.store import StoreWriter, restore_records
+from host_relay.supervisor import Supervisor
 from host_relay.transports import transport_for
 
 LOG = logging.getLogger(__name__)
 
-_RESTART_INITIAL = 1.0
-_RESTART_MAX = 30.0
-_RESTART_STABLE = 60.0  # a part that ran this long restarts from the initial delay
 _MAX_REQUEUE = 1000  # entries per requeue request: one answer line stays small
 _FORGET_DETECTOR_AFTER = 3600.0  # without a notification window in the detector config
 _FORGET_EVERY = 60.0  # seconds between sweeps of instances gone long enough
 _FLUSH_TIMEOUT = 5.0  # shutdown: pending writes get this long
-
-
-class Supervisor:
-    """Named tasks that are restarted with backoff when they crash or return."""
-
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self._clock = clock
-        self._tasks: dict[str, asyncio.Task] = {}
-        self.restarts: dict[str, int] = {}
-        self._stopping: set[asyncio.Task] = set()
-
-    def spawn(self, name: str, factory: Callable[[], Awaitable[None]]) -> None:
-        if name in self._tasks:
-            raise ValueError(f"{name} is already running")
-        self._tasks[name] = asyncio.get_running_loop().create_task(
-            self._keep(name, factory), name=name
-        )
-
-    async def _keep(self, name: str, factory: Callable[[], Awaitable[None]]) -> None:
-        delay = _RESTART_INITIAL
-        while True:
-            started = self._clock()
-            try:
-                await factory()
-                if asyncio.current_task() in self._stopping:
-                    return  # it was asked to stop, and did
-                LOG.error("%s stopped on its own; restarting it in %.1fs", name, delay)
-            except Exception:  # noqa: BLE001 - the supervisor's job: log and restart
-                if asyncio.current_task() in self._stopping:
-                    LOG.exception("%s failed while stopping", name)
-                    return
-                LOG.exception("%s crashed; restarting it in %.1fs", name, delay)
-            self.restarts[name] = self.restarts.get(name, 0) + 1
-            if self._clock() - started >= _RESTART_STABLE:
-                delay = _RESTART_INITIAL
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, _RESTART_MAX)
-
-    def running(self, name: str) -> bool:
-        return name in self._tasks
-
-    async def stop(self, name: str, timeout: Optional[float] = None) -> bool:
-        """Cancel ``name``, or first wait up to ``timeout`` for it to end by itself.
-
-        Returns False if it had to be cancelled after waiting.
-        """
-        task = self._tasks.pop(name, None)
-        if task is None:
-            return True
-        done = True
-        self._stopping.add(task)
-        try:
-            if timeout is not None:
-                finished, _ = await asyncio.wait({task}, timeout=timeout)
-                done = bool(finished)
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-        finally:
-            self._stopping.discard(task)
-        return done
-
-    async def stop_matching(self, prefix: str) -> int:
-        names = [n for n in self._tasks if n.startswith(prefix)]
-        tasks = [self._tasks.pop(n) for n in names]
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        return len(tasks)
-
-    async def stop_all(self) -> None:
-        await self.stop_matching("")
 
 
 class Relay:
@@ -139,6 +64,7 @@ class Relay:
         detector_factory: Optional[Callable[..., Any]] = None,
         record_type: Any = None,
         writer: Optional[StoreWriter] = None,
+        fallback_path: Optional[str] = None,
         notify: Optional[Callable[[str], Any]] = None,
         watchdog_interval: Optional[float] = None,
     ) -> None:
@@ -157,7 +83,9 @@ class Relay:
         window = getattr(detector_config, "notification_window", None)
         self.instances = InstanceTable(float(window or _FORGET_DETECTOR_AFTER))
         self.writer = writer or StoreWriter(outbox, getattr(sender, "client", None),
-                                            clock=clock, wall_clock=wall_clock)
+                                            clock=clock, wall_clock=wall_clock,
+                                            fallback_path=fallback_path)
+        self._fallback_path = fallback_path
         if getattr(sender, "direct_results", False) is None:
             sender.direct_results = self.writer
         self._view = status.OutboxView(outbox.path, wall_clock)
@@ -227,17 +155,49 @@ class Relay:
             await self._shutdown()
 
     async def _restore(self) -> None:
-        """Read the detectors' stored records back (in a thread; a broken disk is logged)."""
+        """Read the detectors' stored records back (in a thread; a broken disk is logged).
+
+        What the previous relay could not write (host_relay.fallback) is newer than
+        the outbox: it is handed to the writer, and its records win.
+        """
+        pending, unwritten = await self._pending_from_last_run()
         try:
             records = await self._ops.call(restore_records, self.outbox, self._record_type,
                                            self._clock(), self._wall_clock())
         except Exception:  # noqa: BLE001 - the relay runs; detectors start fresh
             LOG.exception("Cannot read the detectors' stored state from %s; they start fresh",
                           self.outbox.path)
-            return
+            records = {}
+        shift = self._clock() - self._wall_clock()
+        for uuid, data in unwritten.items():
+            if data is None:
+                records.pop(uuid, None)
+                continue
+            try:
+                records[uuid] = self._record_type.from_json(data).shifted(shift)
+            except (ValueError, TypeError, KeyError) as exc:
+                LOG.error("Unwritten detector state of instance %s is unreadable (%s)", uuid,
+                          exc)
+        if pending or unwritten:
+            self.writer.adopt(pending, unwritten, on_committed=lambda e: self.sender.wake())
         self.instances.restore(records, self._clock())
         if records:
             LOG.info("Restored the stored state of %d instances' detectors", len(records))
+
+    async def _pending_from_last_run(self) -> tuple[list, dict]:
+        if self._fallback_path is None:
+            return [], {}
+        try:
+            entries, records = await self._ops.call(fallback.load, self._fallback_path)
+        except (OSError, ValueError) as exc:
+            LOG.error("Cannot read %s (writes a previous relay could not make): %s; left in "
+                      "place for the operator", self._fallback_path, exc)
+            return [], {}
+        if entries or records:
+            LOG.warning("The previous relay stopped before it could write %s to the outbox "
+                        "(%s); writing them now", fallback.describe(entries, records),
+                        self._fallback_path)
+        return entries, records
 
     def _on_scanned(self) -> None:
         if self.ready.is_set():
@@ -280,9 +240,14 @@ class Relay:
         LOG.info("Shutdown 3/6: writing %d pending notifications and records (up to %.0fs)",
                  self.writer.pending, _FLUSH_TIMEOUT)
         if self.writer.pending and not await self.writer.flush(_FLUSH_TIMEOUT):
-            LOG.error("Shutdown: %d notifications and records could not be written to %s; "
-                      "the guests' state after the restart brings them back",
-                      self.writer.pending, self.outbox.path)
+            if await self.writer.keep_pending(_FLUSH_TIMEOUT):
+                LOG.error("Shutdown: %d notifications and records could not be written to "
+                          "%s; kept in %s for the next relay", self.writer.pending,
+                          self.outbox.path, self._fallback_path)
+            else:
+                LOG.error("Shutdown: %d notifications and records could not be written to "
+                          "%s; the guests' state after the restart brings them back",
+                          self.writer.pending, self.outbox.path)
         await sup.stop("writer")
         LOG.info("Shutdown 4/6: stopping the sender (grace %.1fs)", grace)
         if self._sender_stop is not None:
@@ -450,107 +415,37 @@ class Relay:
 
     async def status(self) -> status.RelayStatus:
         """The whole relay as typed data; never waits for the disk longer than a second."""
-        reading, error = await self._view.read()
-        now = self._clock()
-        wall = self._wall_clock()
+        return await status.build(self)
+
+    def libvirt_domains(self) -> dict[str, Any]:
         domains = self._safe(self._libvirt.snapshot) if self._libvirt is not None else {}
-        if not isinstance(domains, dict):
-            domains = {}
-        latest = reading.latest if reading is not None else {}
-        instances = {}
-        totals: dict[str, collections.Counter] = {
-            "notified": collections.Counter(), "suppressed": collections.Counter(),
-            "ignored": collections.Counter()}
-        for inst in sorted(self.instances, key=lambda i: i.uuid):
-            if inst.conn is None and inst.detector is None and inst.uuid not in domains:
-                continue  # a stored record waiting for its instance, or nothing at all
-            instances[inst.uuid] = self._instance_status(inst, now, wall, latest,
-                                                         domains.get(inst.uuid))
-            if inst.detector is not None:
-                counters = inst.detector.counters
-                for kind, counter in totals.items():
-                    counter.update(getattr(counters, kind))
-        for uuid, domain in domains.items():  # known to libvirt, without a channel: say why
-            if uuid not in instances and isinstance(domain, dict):
-                instances[uuid] = self._instance_status(Instance(uuid), now, wall, latest,
-                                                        domain)
-        sender = getattr(self.sender, "counters", None)
-        return status.RelayStatus(
-            version=iim_protocol.__version__,
-            host=self.settings.host,
-            pid=os.getpid(),
-            uptime=None if self._started_at is None else round(now - self._started_at, 3),
-            socket_dir=self.settings.channels.socket_dir,
-            instances=instances,
-            libvirt=self._libvirt_status(),
-            ignored_files=sorted(self._discovery.ignored) if self._discovery else [],
-            config_warnings=list(self.settings.config_warnings),
-            outbox=status.outbox_status(reading, error, wall),
-            dead_letters=[status.entry_dict(e, wall)
-                          for e in (reading.dead_letters if reading else [])],
-            sender=status._plain(sender) if sender is not None else {},
-            store=self.writer.status(),
-            restarts=self.restarts,
-            detectors={k: dict(v) for k, v in totals.items()},
-        )
+        return domains if isinstance(domains, dict) else {}
 
-    def _instance_status(self, inst: Instance, now: float, wall: float, latest: dict,
-                         domain: Optional[dict]) -> status.InstanceStatus:
-        conn = inst.conn
-        det = None
-        if inst.detector is not None:
-            det = self._safe(lambda: inst.detector.status(now))
-        entry = latest.get(inst.uuid)
-        domain = domain if isinstance(domain, dict) else None
-
-        def age(t: Optional[float]) -> Optional[float]:
-            return None if t is None else round(now - t, 3)
-
-        channel = None
-        if conn is not None:
-            c = conn.counters
-            channel = status.ChannelStatus(
-                state=conn.state, state_age=round(now - conn.state_since, 3),
-                next_retry_in=(None if conn.next_retry_at is None
-                               else round(max(0.0, conn.next_retry_at - now), 3)),
-                path=conn.path, transport=conn.transport, last_error=conn.last_error,
-                connects=c["connects"], disconnects=c["disconnects"],
-                connect_failures=c["connect_failures"], errors=c["errors"], syncs=c["syncs"])
-        return status.InstanceStatus(
-            uuid=inst.uuid,
-            origin=inst.origin,
-            channel=channel,
-            last_heartbeat_age=age(conn.last_heartbeat_at) if conn else None,
-            last_message_age=age(conn.last_message_at) if conn else None,
-            heartbeats=conn.counters["heartbeats"] if conn else 0,
-            detector=det,
-            decoder=conn.decoder.stats.as_dict() if conn else {},
-            throttle={**{k: conn.counters[f"throttled_{k}"] for k in THROTTLE_BUDGETS},
-                      "cpu_seconds": round(conn.cpu.cpu_total, 3),
-                      "seconds": round(conn.throttled_seconds, 3)} if conn else {},
-            last_failure=status.entry_dict(entry, wall) if entry is not None else None,
-            libvirt=domain,
-            domain_state=domain.get("state") if domain else None,
-            problem=domain.get("problem") if domain else None,
-            reason=domain.get("reason") if domain else None,
-            fix=domain.get("fix") if domain else None,
-            log_suppressed=dict(inst.log_budget.suppressed),
-        )
-
-    def _libvirt_status(self) -> dict[str, Any]:
+    def libvirt_status(self) -> dict[str, Any]:
         if self._libvirt is None:
             return {"uri": self.settings.libvirt.connection_uri, "enabled": False}
         state = self._safe(self._libvirt.connection_status)
         state.update(enabled=True, socket_dir_problem=self.socket_dir_problem)
         return state
 
+    @property
+    def started_at(self) -> Optional[float]:
+        return self._started_at
+
+    @property
+    def view(self) -> status.OutboxView:
+        return self._view
+
+    @property
+    def ignored_files(self) -> list[str]:
+        return sorted(self._discovery.ignored) if self._discovery else []
+
+    def now(self) -> float:
+        return self._clock()
+
     @staticmethod
     def _safe(fn: Callable[[], Any]) -> Any:
-        try:
-            return fn()
-        except Exception as exc:  # noqa: BLE001 - status must always answer
-            LOG.exception("Status: a part failed to report")
-            return {"error": f"{type(exc).__name__}: {exc}"}
+        return status.safe(fn)
 
 
 # -- composition: what `iim-relay run` calls ------------------------------------
@@ -570,7 +465,8 @@ def build(conf: Any, settings: RelaySettings, detector_config: Any) -> Relay:
     sender = Sender(outbox, client, backoff_initial=d.backoff_initial,
                     backoff_max=d.backoff_max, jitter=d.jitter)
     return Relay(settings, detector_config, outbox, sender, clock=time.monotonic,
-                 wall_clock=time.time, notify=notify, watchdog_interval=watchdog_interval())
+                 wall_clock=time.time, notify=notify, watchdog_interval=watchdog_interval(),
+                 fallback_path=fallback.path_in(fallback.runtime_dir_from_env()))
 
 
 async def serve(conf: Any, settings: RelaySettings, detector_config: Any) -> None:

@@ -11,14 +11,20 @@ time, so a frozen or failing disk makes status say so instead of hanging.
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import enum
+import logging
+import os
 import sqlite3
 import time
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
+import iim_protocol
 from host_relay.offloop import Worker
 from host_relay.outbox import Entry, Outbox
+
+LOG = logging.getLogger(__name__)
 
 READ_DEADLINE = 1.0  # seconds status waits for the outbox before answering without it
 DEAD_LETTERS_SHOWN = 20
@@ -187,3 +193,106 @@ def outbox_status(reading: Optional[OutboxReading], error: Optional[str],
     s = reading.stats
     return OutboxStatus(s["depth"], s["oldest_queued_age"], s["dead"], s["delivered"],
                         s["retrying"], round(max(0.0, wall - reading.at), 3), error)
+
+
+def safe(fn: Callable[[], Any]) -> Any:
+    """``fn()``, or an error entry: status must always answer."""
+    try:
+        return fn()
+    except Exception as exc:  # noqa: BLE001 - status must always answer
+        LOG.exception("Status: a part failed to report")
+        return {"error": f"{type(exc).__name__}: {exc}"}
+
+
+async def build(relay: Any) -> RelayStatus:
+    """The relay's status (host_relay.service.Relay); the outbox read off the loop."""
+    reading, error = await relay.view.read()
+    now = relay.now()
+    wall = relay.wall_time()
+    domains = relay.libvirt_domains()
+    latest = reading.latest if reading is not None else {}
+    instances: dict[str, InstanceStatus] = {}
+    totals: dict[str, collections.Counter] = {
+        "notified": collections.Counter(), "suppressed": collections.Counter(),
+        "ignored": collections.Counter()}
+    for inst in sorted(relay.instances, key=lambda i: i.uuid):
+        if inst.conn is None and inst.detector is None and inst.uuid not in domains:
+            continue  # a stored record waiting for its instance
+        instances[inst.uuid] = _instance(inst, now, wall, latest, domains.get(inst.uuid))
+        if inst.detector is not None:
+            counters = inst.detector.counters
+            for kind, counter in totals.items():
+                counter.update(getattr(counters, kind))
+    for uuid, domain in domains.items():  # known to libvirt, without a channel: say why
+        if uuid not in instances and isinstance(domain, dict):
+            instances[uuid] = _instance(_Bare(uuid), now, wall, latest, domain)
+    sender = getattr(relay.sender, "counters", None)
+    started = relay.started_at
+    return RelayStatus(
+        version=iim_protocol.__version__,
+        host=relay.settings.host,
+        pid=os.getpid(),
+        uptime=None if started is None else round(now - started, 3),
+        socket_dir=relay.settings.channels.socket_dir,
+        instances=instances,
+        libvirt=relay.libvirt_status(),
+        ignored_files=relay.ignored_files,
+        config_warnings=list(relay.settings.config_warnings),
+        outbox=outbox_status(reading, error, wall),
+        dead_letters=[entry_dict(e, wall) for e in (reading.dead_letters if reading else [])],
+        sender=_plain(sender) if sender is not None else {},
+        store=relay.writer.status(),
+        restarts=relay.restarts,
+        detectors={k: dict(v) for k, v in totals.items()},
+    )
+
+
+@dataclasses.dataclass
+class _Bare:
+    """A domain libvirt knows that has no instance record (no channel, no detector)."""
+
+    uuid: str
+    origin: Optional[str] = None
+    conn: Any = None
+    detector: Any = None
+    log_budget: Any = None
+
+
+def _instance(inst: Any, now: float, wall: float, latest: dict,
+              domain: Optional[dict]) -> InstanceStatus:
+    conn = inst.conn
+    det = safe(lambda: inst.detector.status(now)) if inst.detector is not None else None
+    entry = latest.get(inst.uuid)
+    domain = domain if isinstance(domain, dict) else None
+
+    def age(t: Optional[float]) -> Optional[float]:
+        return None if t is None else round(now - t, 3)
+
+    channel = None
+    if conn is not None:
+        c = conn.counters
+        channel = ChannelStatus(
+            state=conn.state, state_age=round(now - conn.state_since, 3),
+            next_retry_in=(None if conn.next_retry_at is None
+                           else round(max(0.0, conn.next_retry_at - now), 3)),
+            path=conn.path, transport=conn.transport, last_error=conn.last_error,
+            connects=c["connects"], disconnects=c["disconnects"],
+            connect_failures=c["connect_failures"], errors=c["errors"], syncs=c["syncs"])
+    return InstanceStatus(
+        uuid=inst.uuid,
+        origin=inst.origin,
+        channel=channel,
+        last_heartbeat_age=age(conn.last_heartbeat_at) if conn else None,
+        last_message_age=age(conn.last_message_at) if conn else None,
+        heartbeats=conn.counters["heartbeats"] if conn else 0,
+        detector=det,
+        decoder=conn.decoder.stats.as_dict() if conn else {},
+        throttle=conn.throttle_counts() if conn else {},
+        last_failure=entry_dict(entry, wall) if entry is not None else None,
+        libvirt=domain,
+        domain_state=domain.get("state") if domain else None,
+        problem=domain.get("problem") if domain else None,
+        reason=domain.get("reason") if domain else None,
+        fix=domain.get("fix") if domain else None,
+        log_suppressed=dict(inst.log_budget.suppressed) if inst.log_budget else {},
+    )

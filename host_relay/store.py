@@ -32,12 +32,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import errno
 import logging
 import os
 import time
 from typing import Any, Callable, Optional
 
+from host_relay import fallback
+from host_relay.disk import DiskProblem, classify_disk_error
 from host_relay.masakari_client import Result
 from host_relay.offloop import Worker
 from host_relay.outbox import Entry, NewEntry, Outbox, _token
@@ -52,17 +53,6 @@ DIRECT_RETRY_MAX = 60.0
 IN_FLIGHT = object()  # direct_result(): a direct send is under way, do not post now
 
 _FORGET = object()  # a record slot that means "delete the stored record"
-
-
-@dataclasses.dataclass(frozen=True)
-class DiskProblem:
-    """Why the outbox cannot be written, for status, metrics and the one ERROR line."""
-
-    path: str
-    error: str
-    errno_name: str  # ENOSPC | EIO | EROFS | FROZEN | other
-    fix: str
-    since: float  # wall clock of the first failure of this run
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,65 +75,6 @@ class _Pending:
     direct_attempts: int = 0
 
 
-def classify_disk_error(exc: BaseException, path: str) -> tuple[str, str]:
-    """(errno name, fix) for an exception from a commit; call it off the loop.
-
-    sqlite reports a write refused by a read-only or full file system as a
-    generic I/O error at times (Python does not expose its errno), so the file
-    system itself is asked too: statvfs (read-only mount, no space left), and a
-    small probe file written, synced and removed next to the outbox (ext4 turned
-    read-only by an error does not show in statvfs).  A device that fails
-    writes stays EIO even when the device's own reason is a full backing store.
-    """
-    code: Optional[int] = getattr(exc, "errno", None) if isinstance(exc, OSError) else None
-    name = getattr(exc, "sqlite_errorname", "") or ""
-    text = str(exc).lower()
-    where = os.path.dirname(path) or "."
-    try:
-        fs = os.statvfs(where)
-        if fs.f_flag & os.ST_RDONLY:
-            code = errno.EROFS
-        elif fs.f_bavail == 0 and code is None:
-            code = errno.ENOSPC
-    except OSError:
-        pass
-    if code is None and _probe(where) == errno.EROFS:  # ext4's read-only-after-error
-        code = errno.EROFS
-    if code == errno.ENOSPC or name.startswith("SQLITE_FULL") or "disk is full" in text:
-        kind = "ENOSPC"
-    elif (code == errno.EROFS or name.startswith("SQLITE_READONLY")
-          or "readonly" in text or "read-only" in text):
-        kind = "EROFS"
-    elif code == errno.EIO or name.startswith("SQLITE_IOERR") or "i/o error" in text:
-        kind = "EIO"
-    else:
-        kind = errno.errorcode.get(code or 0, "other")
-    fixes = {
-        "ENOSPC": f"free space on the file system holding {where} (df {where})",
-        "EROFS": f"the file system holding {where} is read-only: repair it and remount "
-                 "it read-write",
-        "EIO": f"the disk holding {where} returns I/O errors: check the kernel log (dmesg), "
-               "repair or replace it, or move [DEFAULT] state_path to a healthy disk",
-    }
-    return kind, fixes.get(kind, f"check the file system holding {where}")
-
-
-def _probe(where: str) -> Optional[int]:
-    """The errno a small synced write next to the outbox gets, or None if it works."""
-    path = os.path.join(where, ".iim-relay-probe")
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, b"x" * 4096)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-            os.unlink(path)
-    except OSError as exc:
-        return exc.errno
-    return None
-
-
 class StoreWriter:
     """The one writer of the outbox's notifications and detector records."""
 
@@ -158,6 +89,7 @@ class StoreWriter:
         retry_max: float = RETRY_MAX,
         direct_after: float = DIRECT_AFTER,
         on_problem: Optional[Callable[[Optional[DiskProblem]], None]] = None,
+        fallback_path: Optional[str] = None,
     ) -> None:
         self.outbox = outbox
         self._client = client
@@ -168,6 +100,15 @@ class StoreWriter:
         self._direct_after = direct_after
         self._on_problem = on_problem
         self._worker = Worker("outbox-writer")
+        # A copy of what is pending, on another file system, for the next relay if this
+        # one is stopped before the disk is back (host_relay.fallback).
+        self._fallback_path = fallback_path
+        self._fallback_worker = Worker("outbox-fallback")
+        self._fallback_saved = False
+        self._saving: Optional[asyncio.Future] = None
+        self._save_again = False
+        self._gen = 0  # bumped whenever what is pending changes
+        self._saved_gen = -1
         self._direct_worker = Worker("outbox-direct")
         self._notes: dict[str, _Pending] = {}  # by token, in submission order
         self._records: dict[str, Any] = {}  # uuid -> JSON dict | _FORGET
@@ -202,12 +143,26 @@ class StoreWriter:
                 notify.at, on_committed)
         if record is not None:
             self._records[instance_uuid] = record
+        self._gen += 1
         self._kick()
         return token
+
+    def adopt(self, entries: list[NewEntry], records: dict[str, Optional[dict]],
+              on_committed: Optional[Callable[[Entry], None]] = None) -> None:
+        """Take over what a previous relay could not write (host_relay.fallback)."""
+        now = self._clock()
+        for new in entries:
+            self._notes[new.token] = _Pending(new, now, on_committed)
+        for uuid, record in records.items():
+            self._records.setdefault(uuid, _FORGET if record is None else record)
+        self._fallback_saved = bool(entries or records)
+        self._gen += 1
+        self._kick()
 
     def forget(self, instance_uuid: str) -> None:
         """Delete the instance's stored record (it has been gone long enough)."""
         self._records[instance_uuid] = _FORGET
+        self._gen += 1
         self._kick()
 
     def direct_result(self, token: Optional[str]) -> Any:
@@ -278,6 +233,7 @@ class StoreWriter:
     def close(self) -> None:
         self._worker.close()
         self._direct_worker.close()
+        self._fallback_worker.close()
 
     def _kick(self) -> None:
         if self._wake is not None:
@@ -328,6 +284,9 @@ class StoreWriter:
                     pending.on_committed(entry)
                 except Exception:  # noqa: BLE001 - the entry is durable; observers are secondary
                     LOG.exception("Observer of outbox entry %s failed", entry.id)
+        if self._fallback_saved and not self._notes and not self._records:
+            self._fallback_saved = False  # all on disk now: the copy is not needed
+            self._fallback_worker.call(fallback.clear, self._fallback_path)
         return True
 
     def _commit(self, entries: list[NewEntry], rows: dict, wall: float) -> list[Entry]:
@@ -350,8 +309,58 @@ class StoreWriter:
             outcome = ("dead", result.status, None, verdict.message, now)
         return dataclasses.replace(pending.new, outcome=outcome)
 
+    def _save_fallback(self, force: bool = False) -> Optional[asyncio.Future]:
+        """Keep a copy of what is pending for the next relay (its own thread, one at a time).
+
+        Saved when what is pending changed since the last copy; a request while a
+        copy is being written is coalesced into one more copy after it.
+        """
+        if self._fallback_path is None or not (self._notes or self._records):
+            return None
+        if self._saving is not None and not self._saving.done():
+            self._save_again = True
+            return self._saving
+        if not force and self._saved_gen == self._gen:
+            return None
+        entries = [self._entry_to_write(p) for p in self._notes.values()]
+        rows = {k: (None if v is _FORGET else v) for k, v in self._records.items()}
+        self._fallback_saved = True
+        self._saved_gen = self._gen
+        self._save_again = False
+        self._saving = self._fallback_worker.call(fallback.save, self._fallback_path,
+                                                  entries, rows)
+        self._saving.add_done_callback(self._fallback_done)
+        return self._saving
+
+    async def keep_pending(self, timeout: float) -> bool:
+        """Shutdown with writes still pending: wait until their copy is saved."""
+        deadline = self._clock() + timeout
+        while self._fallback_path is not None and (self._notes or self._records):
+            saving = self._save_fallback()
+            if saving is None:
+                return True  # the copy on file is current
+            try:
+                await asyncio.wait_for(asyncio.shield(saving),
+                                       max(0.0, deadline - self._clock()))
+            except asyncio.TimeoutError:
+                LOG.error("Keeping the pending writes in %s did not finish within %.0fs",
+                          self._fallback_path, timeout)
+                return False
+            except Exception:  # noqa: BLE001 - logged by _fallback_done
+                return False
+        return False
+
+    def _fallback_done(self, future: asyncio.Future) -> None:
+        if not future.cancelled() and future.exception() is not None:
+            LOG.error("Cannot keep the pending writes in %s either: %s", self._fallback_path,
+                      future.exception())
+            self._saved_gen = -1  # try again next time
+        if self._save_again:
+            self._save_fallback(force=True)
+
     def _failed(self, exc: BaseException) -> None:
         self.commit_failures += 1
+        self._save_fallback()
         kind, fix = getattr(exc, "iim_disk_error", None) or ("other", f"check {self.outbox.path}")
         error = f"{type(exc).__name__}: {exc}"
         if self._problem is None or self._problem.errno_name != kind:
@@ -432,6 +441,8 @@ class StoreWriter:
             return
         self._direct_done[new.token] = result  # same loop step as the flag: no gap
         self.sent_directly += 1
+        self._gen += 1
+        self._save_fallback()
         LOG.warning("Instance %s: %s notification (%s) sent straight to Masakari while the "
                     "outbox cannot be written: %s%s; it is recorded as %s once the disk is back",
                     new.instance_uuid, new.kind, new.reason, result.status,

@@ -107,6 +107,14 @@ class LoopExt4(Mount):
         with open(f"/sys/fs/ext4/{dev}/trigger_fs_error", "w") as f:
             f.write("iim test: outbox disk turned read-only")
 
+    def repair(self) -> None:
+        """What the operator does once nothing holds the file system open."""
+        self.thaw()
+        opts = _mount_options(self.path)
+        _run("umount", self.path)
+        subprocess.run(["e2fsck", "-fy", self.device], capture_output=True, timeout=60)
+        _run("mount", "-o", opts, self.device, self.path)
+
     def freeze(self) -> None:
         _run("fsfreeze", "--freeze", self.path)
         self.frozen = True
@@ -115,6 +123,16 @@ class LoopExt4(Mount):
         if self.frozen:
             _run("fsfreeze", "--unfreeze", self.path)
             self.frozen = False
+
+
+def _mount_options(path: str) -> str:
+    with open("/proc/mounts") as f:
+        for line in f:
+            fields = line.split()
+            if fields[1] == path:
+                keep = [o for o in fields[3].split(",") if o.startswith(("errors=", "discard"))]
+                return ",".join(["rw"] + keep)
+    raise RuntimeError(f"{path} is not mounted")
 
 
 @contextlib.contextmanager

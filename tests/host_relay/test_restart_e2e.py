@@ -77,12 +77,13 @@ class RelayProc:
         )
         self.log_path = tmp_path / "relay.log"
         self.proc: subprocess.Popen | None = None
+        self.env: dict | None = None
 
     def start(self) -> RelayProc:
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child keeps it
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "host_relay.cli", "run", "--config-file", str(self.conf)],
-            stdout=log, stderr=subprocess.STDOUT)
+            stdout=log, stderr=subprocess.STDOUT, env=self.env)
         log.close()
         wait_for("the relay's control socket", lambda: self.status(), 20)
         return self
@@ -253,4 +254,53 @@ def test_frozen_disk_keeps_channels_and_status_answering(tmp_path, proxy, masaka
             relay.stop()
             agent.close()
             bystander.close()
+            next(sock_dir, None)
+
+
+@needs_root
+def test_read_only_disk_repaired_across_a_restart_delivers_exactly_once(
+        tmp_path, proxy, masakari, masakari_host) -> None:
+    """state_path's ext4 turns read-only under the relay; the operator stops the relay,
+    repairs and remounts it, starts the relay: the failure reached Masakari once, and
+    the decision (delivered, cooldown) is on disk afterwards."""
+    inst = str(uuid.uuid4())
+    runtime = tmp_path / "run"  # systemd's RuntimeDirectory: a tmpfs that outlives restarts
+    runtime.mkdir()
+    with loop_ext4(errors="remount-ro") as fs:
+        sock_dir = short_dir()
+        chan_dir = next(sock_dir)
+        state = os.path.join(fs.path, "state")
+        os.makedirs(state)
+        relay = RelayProc(tmp_path, state, masakari_host, proxy.url)
+        relay.conf.write_text(relay.conf.read_text().replace(
+            f"socket_dir = {state}/ch", f"socket_dir = {chan_dir}"))
+        relay.env = dict(os.environ, RUNTIME_DIRECTORY=str(runtime))
+        agent = LevelAgent(chan_dir, inst, INTERVAL, checks={"db": "ok"})
+        try:
+            relay.start()
+            wait_for("armed", lambda: armed_and_stored(relay, inst), 20)
+            fs.error_ro()
+            agent.fail("db", "db exited 1")
+            snap = wait_for("sent straight to masakari",
+                            lambda: (s := relay.status()) and s["store"]["sent_directly"]
+                            and s, 20)
+            assert snap["store"]["disk_problem"]["errno_name"] == "EROFS"
+            assert proxy.posts[inst] == 1
+            relay.stop(signal.SIGTERM)  # the operator stops the relay to repair the disk
+            assert (runtime / "pending-writes.json").exists()
+            fs.repair()  # unmount, fsck, mount read-write again
+            relay.start()
+            wait_for("the pending writes committed",
+                     lambda: not (runtime / "pending-writes.json").exists(), 20)
+            wait_for("the agent reconnected", lambda: agent.connections >= 2, 20)
+            time.sleep(4 * INTERVAL + 1.5)  # it re-sends the failure; the cooldown holds
+            snap = relay.status()
+            det = snap["instances"][inst]["detector"]
+            assert det["state"] == "cooldown", det
+            assert snap["instances"][inst]["last_failure"]["state"] == "delivered"
+            assert proxy.posts[inst] == 1, relay.log()
+            assert len(masakari.notifications_for(inst)) == 1
+        finally:
+            relay.stop()
+            agent.close()
             next(sock_dir, None)

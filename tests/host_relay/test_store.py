@@ -17,10 +17,11 @@ import pytest
 from keystoneauth1 import noauth, session
 
 from host_relay.detector import DetectorRecord, Notify
+from host_relay.disk import classify_disk_error
 from host_relay.masakari_client import MasakariClient
 from host_relay.outbox import Outbox
 from host_relay.sender import Sender
-from host_relay.store import StoreWriter, classify_disk_error, restore_records
+from host_relay.store import StoreWriter, restore_records
 from tests.host_relay.faulty_fs import full_tmpfs, loop_ext4, needs_root
 from tests.host_relay.relay_testing import CountingProxy, wait_until
 
@@ -245,3 +246,26 @@ def test_disk_errors_are_named_with_their_fix() -> None:
     kind, fix = classify_disk_error(ro, "/var/lib/iim/outbox.sqlite")
     assert kind == "EROFS" and "/var/lib/iim" in fix and "read-write" in fix
     assert classify_disk_error(OSError(5, "Input/output error"), "/x/o")[0] == "EIO"
+
+
+def test_pending_writes_file_round_trips_and_rejects_what_is_not_ours(tmp_path) -> None:
+    from host_relay import fallback
+    from host_relay.outbox import NewEntry
+
+    path = str(tmp_path / fallback.FILE_NAME)
+    assert fallback.load(path) == ([], {})
+    sent = NewEntry("t1", "u1", "h", "guest_hang", "silent", 1.5,
+                    outcome=("delivered", 202, "n-1", "", 2.5))
+    waiting = NewEntry("t2", "u2", "h", "process_failure", "db", 3.0)
+    fallback.save(path, [sent, waiting], {"u1": RECORD.to_json(), "u3": None})
+    entries, records = fallback.load(path)
+    assert entries == [sent, waiting]
+    assert records == {"u1": RECORD.to_json(), "u3": None}
+    assert "1 already sent" in fallback.describe(entries, records)
+    with open(path, "w") as f:
+        f.write('{"v": 99}')
+    with pytest.raises(ValueError):
+        fallback.load(path)
+    fallback.clear(path)
+    fallback.clear(path)  # twice is fine
+    assert fallback.load(path) == ([], {})

@@ -221,6 +221,8 @@ def test_relay_unit(tree) -> None:
     assert s["WatchdogSec"] == "30s" and s["Restart"] == "on-failure"
     assert s["ExecStart"] == "/usr/bin/iim-relay run --config-file /etc/iim/relay.conf"
     assert s["StateDirectory"] == "iim"
+    # Pending writes of a broken state disk survive a relay restart (host_relay.fallback).
+    assert s["RuntimeDirectory"] == "iim-relay" and s["RuntimeDirectoryPreserve"] == "restart"
     # The serial fallback opens /dev/pts/N: no device restrictions.
     for key in ("PrivateDevices", "DeviceAllow", "DevicePolicy", "ProtectClock"):
         assert key not in s, key
