@@ -62,8 +62,8 @@ at least ``reconnect_initial``.
 Bytes requested from a channel socket per read. An honest agent's frames
 arrive a few at a time whatever this is; a guest that floods its channel
 is read in chunks this large, so what it costs is its decoding, not one
-system call and one loop wake-up per few bytes. Each channel buffers at
-most about twice this while it waits for its budget.
+system call and one loop wake-up per few bytes. Nothing is buffered in
+the relay while a channel waits for its budget: the kernel holds it.
 """,
     ),
     cfg.IntOpt(
@@ -87,14 +87,16 @@ false alarms.
         min=0.01,
         max=1.0,
         help="""
-Share of one CPU core that decoding the input of all channels together
-may take (CPU time measured around decoding each chunk and handing its
-messages to the detector), shared fairly between channels: channels that
-need less than an even share keep what they need, the rest is split
-evenly between those that want more. A channel over its share is not read
-until it is back within it: the socket buffer fills and QEMU holds that
-guest back; nothing is dropped. Quiet instances are not slowed down by
-flooding ones. 2,000 honest instances at 1 Hz need about 0.05.
+Share of one CPU core that reading and decoding the input of all
+channels together may take (CPU time measured around each read, its
+decoding and the detector; the event loop's own cost per read is added
+from its thread's CPU time), shared fairly between channels: channels
+that need less than an even share keep what they need, the rest is split
+evenly between those that want more. Each channel may always use 3 ms of
+CPU a second (many heartbeats' worth), so honest instances are never held
+back however many there are. A channel over its share is not read until
+it is back within it: the socket buffer fills and QEMU holds that guest
+back; nothing is dropped.
 """,
     ),
     cfg.IntOpt(
