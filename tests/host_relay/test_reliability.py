@@ -304,4 +304,4 @@ def test_floods_keep_a_healthy_instance_within_twice_its_quiet_latency() -> None
         assert "run stopped early" not in out.stdout, out.stdout
         figures = [ln.split() for ln in out.stdout.splitlines()]
         misses = [f for f in figures if f[:2] == ["misses", "(no"]]
-        assert len(misses) == 3 and all(f[4] == "0" for f in misses), out.stdout
+        assert len(misses) == 3 and all(f[5] == "0" for f in misses), out.stdout
