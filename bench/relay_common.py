@@ -118,7 +118,8 @@ class RelayProcess:
     """``iim-relay run`` in a directory of its own, with a read-only view of its outbox."""
 
     def __init__(self, workdir: Path, masakari_url: str, detector: Optional[dict] = None,
-                 nofile: Optional[int] = None, profile: Optional[Path] = None) -> None:
+                 nofile: Optional[int] = None, profile: Optional[Path] = None,
+                 channels: Optional[dict] = None) -> None:
         self.dir = workdir
         self.dir.mkdir(parents=True, exist_ok=True)
         self.socket_dir = self.dir / "channels"
@@ -135,6 +136,7 @@ class RelayProcess:
             f"log_file = {self.log}",
             "[channels]",
             f"socket_dir = {self.socket_dir}",
+            *(f"{k} = {v}" for k, v in (channels or {}).items()),
             "[detector]",
             *(f"{k} = {v}" for k, v in (detector or {}).items()),
             "[libvirt]",

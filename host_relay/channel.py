@@ -13,8 +13,10 @@ drain): an agent of protocol 0.2 answers with its hello, its whole state and a
 failure frame per failed check, so a relay that was not reading when the
 failure happened still hears of it.  A 0.1.0 agent never reads it.
 
-Each channel reads under a token bucket on bytes/s and frames/s.  Over budget
-it stops reading: the kernel buffer fills up and QEMU holds back that guest
+Each channel reads in large chunks under three budgets: token buckets on
+bytes/s and frames/s of its own, and its fair share of the host-wide CPU
+budget for decoding guest input (host_relay.budget).  Over any of them it
+stops reading: the kernel buffer fills up and QEMU holds back that guest
 only, while every other channel keeps its share of the loop.
 """
 
@@ -30,8 +32,10 @@ from collections.abc import Iterable
 from typing import Any, Callable, Optional
 
 from host_relay.backoff import Backoff, BackoffPolicy
+from host_relay.budget import DecodeBudget
+from host_relay.log_budget import LogBudget
 from host_relay.settings import ChannelSettings
-from host_relay.transports import UNIX, is_closed_by_peer, open_stream
+from host_relay.transports import UNIX, Endpoint, is_closed_by_peer, open_channel
 from iim_protocol.codec import Decoder, encode
 from iim_protocol.messages import Heartbeat, Sync
 
@@ -45,13 +49,13 @@ STATE_CLOSED = "closed"
 
 # A connection that lasted this long (or carried a valid frame) resets backoff.
 _STABLE_SECONDS = 10.0
-# Throttling and rejected input are logged at most this often per channel:
-# a hostile guest must not be able to flood the host's log.
-_THROTTLE_LOG_EVERY = 60.0
-_BAD_INPUT_LOG_EVERY = 60.0
+# Reads of one channel per loop wake-up at most (each a whole chunk, within budget).
+_CHUNKS_PER_WAKE = 8
 # Retry delay after the detector itself raised in tick().
 _TICK_RETRY = 1.0
 SYNC_FRAME = encode(Sync())
+# The budgets a channel can be held back by (status and metrics count each).
+THROTTLE_BUDGETS = ("bytes", "frames", "cpu")
 
 
 class TokenBucket:
@@ -98,6 +102,8 @@ class ChannelConnection:
         clock: Callable[[], float] = time.monotonic,
         rng: Callable[[], float] = random.random,
         transport: str = UNIX,
+        budget: Optional[DecodeBudget] = None,
+        log_budget: Optional[LogBudget] = None,
     ) -> None:
         self.instance_uuid = instance_uuid
         self.path = path
@@ -113,6 +119,13 @@ class ChannelConnection:
         now = clock()
         self._bytes = TokenBucket(settings.max_bytes_per_second, now)
         self._frames = TokenBucket(settings.max_frames_per_second, now)
+        # This channel's share of the host-wide CPU budget for guest input
+        # (one DecodeBudget per relay; a channel made alone gets its own).
+        if budget is None:
+            budget = DecodeBudget(settings.decode_budget, now)
+        self.cpu = budget.account(now)
+        # Lines this guest can cause, each kind once a minute (the instance's budget).
+        self.log_budget = log_budget if log_budget is not None else LogBudget()
         self.state = STATE_IDLE
         self.state_since = now
         self.next_retry_at: Optional[float] = None
@@ -123,10 +136,8 @@ class ChannelConnection:
         self._connected = False
         self._timer: Optional[asyncio.TimerHandle] = None
         self._timer_deadline: Optional[float] = None
-        self._last_throttle_log = float("-inf")
         self._logged_errno: Optional[int] = None
         self._skipped_seen = 0
-        self._last_bad_log = float("-inf")
 
     # -- life cycle ---------------------------------------------------------
 
@@ -136,6 +147,7 @@ class ChannelConnection:
         backoff = Backoff(BackoffPolicy(s.reconnect_initial, s.reconnect_max,
                                         stable_after=_STABLE_SECONDS), self._rng)
         self._schedule()
+        self.cpu.open()
         try:
             while True:
                 backoff.started(self._clock())
@@ -155,6 +167,7 @@ class ChannelConnection:
                 await asyncio.sleep(delay)
                 self.next_retry_at = None
         finally:
+            self.cpu.close()
             self._set_state(STATE_CLOSED)
             self._cancel_timer()
 
@@ -175,9 +188,7 @@ class ChannelConnection:
         """One connection; returns True if it carried a valid frame."""
         self._set_state(STATE_CONNECTING)
         try:
-            reader, writer = await open_stream(
-                self.path, self.transport, max(self._settings.read_chunk, 1024)
-            )
+            endpoint = await open_channel(self.path, self.transport)
         except OSError as exc:
             self.counters["connect_failures"] += 1
             self.last_error = f"connect: {exc.strerror or exc}"
@@ -188,21 +199,23 @@ class ChannelConnection:
         self._set_state(STATE_CONNECTED)
         self._connected = True
         ok_before = self.decoder.stats.frames_ok
-        LOG.info("Channel of instance %s connected", self.instance_uuid)
+        self._log(logging.INFO, "connected", "Channel of instance %s connected",
+                  self.instance_uuid)
         try:
-            self._send_sync(writer)
+            self._send_sync(endpoint)
             self._carry_out(self.detector.channel_connected(self._clock()))
             try:
-                await self._read_loop(reader)
+                await self._read_loop(endpoint)
             except OSError as exc:
                 # A peer that closes with our sync still unread resets the socket:
                 # that is a hang-up like any other, not a failure of the channel.
                 if not (is_closed_by_peer(exc)
                         or isinstance(exc, (ConnectionResetError, BrokenPipeError))):
                     raise
-            LOG.info("Channel of instance %s closed by the other end", self.instance_uuid)
+            self._log(logging.INFO, "closed", "Channel of instance %s closed by the other end",
+                      self.instance_uuid)
         finally:
-            writer.close()
+            endpoint.close()
             self._connected = False
             self.counters["disconnects"] += 1
             self.decoder.reset()  # a partial frame cannot continue on a new connection
@@ -210,13 +223,15 @@ class ChannelConnection:
                 self._safe_detector_call("channel_closed")
         return self.decoder.stats.frames_ok > ok_before
 
-    def _send_sync(self, writer: Any) -> None:
-        """Ask the agent for its whole state; buffered, never awaited (the guest may not read)."""
+    def _send_sync(self, endpoint: Endpoint) -> None:
+        """Ask the agent for its whole state; never waits (the guest may not read)."""
         try:
-            writer.write(SYNC_FRAME)
-        except (OSError, RuntimeError) as exc:  # a channel that cannot take 3 bytes now
-            self.counters["sync_failures"] += 1
+            written = endpoint.write(SYNC_FRAME)
+        except OSError as exc:
+            written = False
             LOG.debug("Channel of instance %s: sync not written: %s", self.instance_uuid, exc)
+        if not written:  # a channel that cannot take 11 bytes now
+            self.counters["sync_failures"] += 1
             return
         self.counters["syncs"] += 1
 
@@ -237,43 +252,77 @@ class ChannelConnection:
 
     # -- reading ------------------------------------------------------------
 
-    async def _read_loop(self, reader: asyncio.StreamReader) -> None:
+    async def _read_loop(self, endpoint: Endpoint) -> None:
         chunk = self._settings.read_chunk
-        stats = self.decoder.stats
         while True:
-            now = self._clock()
-            wait = max(self._bytes.delay(now), self._frames.delay(now))
+            wait = self._hold_back(self._clock())
             if wait > 0:
-                self._throttled(now, wait)
                 await asyncio.sleep(wait)
                 continue
-            want = int(min(chunk, self._bytes.available(now)))
-            data = await reader.read(want)
-            if not data:
-                return
-            now = self._clock()
-            self._bytes.take(len(data), now)
-            ok_before, bad_before = stats.frames_ok, stats.frames_rejected
-            messages = self.decoder.feed(data)
-            bad = stats.frames_rejected
-            self._frames.take(stats.frames_ok - ok_before + bad - bad_before, now)
-            if bad != bad_before or stats.bytes_skipped != self._skipped_seen:
-                self._bad_input(now)
-            for msg in messages:
-                self.last_message_at = now
-                if isinstance(msg, Heartbeat):
-                    self.last_heartbeat_at = now
-                    self.counters["heartbeats"] += 1
-                self._carry_out(self.detector.message(msg, now))
+            await endpoint.readable()
+            # Whatever the kernel holds, a whole chunk at a time, and while the
+            # budgets allow, a few chunks per wake-up: a flooding guest costs
+            # its decoding, not a loop turn per few bytes.  The read system
+            # calls, decoding and the detector are all charged to it.
+            for _ in range(_CHUNKS_PER_WAKE):
+                cpu = time.thread_time()
+                try:
+                    data = endpoint.read(chunk)
+                except (BlockingIOError, InterruptedError):
+                    break
+                if not data:
+                    return
+                self._consume(data, self._clock())
+                now = self._clock()
+                self.cpu.charge(time.thread_time() - cpu, now)
+                if len(data) < chunk or self._hold_back(now) > 0:
+                    break
+
+    def _hold_back(self, now: float) -> float:
+        """Seconds this channel must not be read: the longest wait of its three budgets.
+
+        Each may go into debt (a chunk is decoded whole, then paid for), so a
+        flooding channel waits about a chunk's worth at a time.
+        """
+        waits = (("bytes", self._bytes.delay(now)), ("frames", self._frames.delay(now)),
+                 ("cpu", self.cpu.wait(now)))
+        which, wait = max(waits, key=lambda w: w[1])
+        if wait > 0:
+            self._throttled(now, which, wait)
+        return wait
+
+    def _consume(self, data: bytes, now: float) -> None:
+        """Decode ``data`` and hand its messages to the detector."""
+        stats = self.decoder.stats
+        self._bytes.take(len(data), now)
+        ok_before, bad_before = stats.frames_ok, stats.frames_rejected
+        messages = self.decoder.feed(data)
+        bad = stats.frames_rejected
+        self._frames.take(stats.frames_ok - ok_before + bad - bad_before, now)
+        if bad != bad_before or stats.bytes_skipped != self._skipped_seen:
+            self._bad_input(now)
+        for msg in messages:
+            self.last_message_at = now
+            if isinstance(msg, Heartbeat):
+                self.last_heartbeat_at = now
+                self.counters["heartbeats"] += 1
+            self._carry_out(self.detector.message(msg, now))
+
+    def throttle_counts(self) -> dict[str, Any]:
+        """Times held back by each budget, seconds held back, CPU charged (status, metrics)."""
+        return {**{k: self.counters[f"throttled_{k}"] for k in THROTTLE_BUDGETS},
+                "cpu_seconds": round(self.cpu.cpu_total, 3),
+                "seconds": round(self.throttled_seconds, 3)}
+
+    def _log(self, level: int, kind: str, msg: str, *args: Any) -> None:
+        self.log_budget.log(LOG, level, kind, self._clock(), msg, *args)
 
     def _bad_input(self, now: float) -> None:
         """Rejected input is counted always and logged at most once a minute."""
         stats = self.decoder.stats
         self._skipped_seen = stats.bytes_skipped
-        if now - self._last_bad_log < _BAD_INPUT_LOG_EVERY:
-            return
-        self._last_bad_log = now
-        LOG.warning(
+        self.log_budget.log(
+            LOG, logging.WARNING, "bad_input", now,
             "Instance %s sent input that is not iim frames: %d bytes skipped, %d frames "
             "rejected (%s) so far; an outdated agent or another program writing to the "
             "port would do this (see `iim-relay status`)",
@@ -281,18 +330,16 @@ class ChannelConnection:
             ", ".join(f"{k}={v}" for k, v in sorted(stats.rejected.items())) or "none",
         )
 
-    def _throttled(self, now: float, wait: float) -> None:
-        which = "bytes" if self._bytes.delay(now) > 0 else "frames"
+    def _throttled(self, now: float, which: str, wait: float) -> None:
         self.counters[f"throttled_{which}"] += 1
         self.throttled_seconds += wait
-        if now - self._last_throttle_log >= _THROTTLE_LOG_EVERY:
-            self._last_throttle_log = now
-            LOG.warning(
-                "Channel of instance %s is over its %s budget; reading paused "
-                "(throttled %d times so far)",
-                self.instance_uuid, which,
-                self.counters["throttled_bytes"] + self.counters["throttled_frames"],
-            )
+        self.log_budget.log(
+            LOG, logging.WARNING, "throttled", now,
+            "Channel of instance %s is over its %s budget; reading paused "
+            "(throttled %d times so far)",
+            self.instance_uuid, which,
+            sum(self.counters[f"throttled_{k}"] for k in THROTTLE_BUDGETS),
+        )
 
     # -- detector outputs and timer -----------------------------------------
 

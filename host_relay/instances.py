@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from typing import Any, Optional
 
 from host_relay.domains import ORIGIN_SOCKET_DIR
+from host_relay.log_budget import LogBudget
 
 LOG = logging.getLogger(__name__)
 
@@ -40,8 +41,8 @@ class Instance:
     restored: Any = None  # a DetectorRecord from the store, until the detector exists
     conn: Any = None  # the ChannelConnection while there is a channel
     gone_since: Optional[float] = None  # no claim (monotonic), None while claimed
-    # When each kind of guest-caused log line was last logged (host_relay.render).
-    log_marks: dict[str, float] = dataclasses.field(default_factory=dict)
+    # Guest-caused log lines: each kind once a minute, the rest counted (host_relay.log_budget).
+    log_budget: LogBudget = dataclasses.field(default_factory=LogBudget)
 
     def wanted(self) -> Optional[tuple[str, str]]:
         """(path, origin) of the channel to read, from the winning claim."""

@@ -70,6 +70,7 @@ class InstanceReading:
     bytes_skipped: int
     frames_rejected: int
     throttled_seconds: float
+    log_suppressed: int
     paused_by: tuple[str, ...] = ()  # "guest", "host": whose pauses hold now
 
 
@@ -80,7 +81,7 @@ class Reading:
     host: str
     instances: list[InstanceReading]
     rejected: dict[str, int]  # by reason, summed over the instances
-    throttled: dict[str, int]  # times a channel paused, by budget ("bytes", "frames")
+    throttled: dict[str, int]  # times a channel paused, by budget ("bytes", "frames", "cpu")
     sender: dict[str, int]
     outbox: Optional[dict[str, Any]]  # None: the outbox could not be read
     restarts: dict[str, int]  # by part, every channel counted as "channel"
@@ -92,7 +93,7 @@ def reading_from(status: Any) -> Reading:
     """The metrics' view of a :class:`host_relay.status.RelayStatus`."""
     instances = []
     rejected: collections.Counter[str] = collections.Counter()
-    throttled = {"bytes": 0, "frames": 0}
+    throttled = {"bytes": 0, "frames": 0, "cpu": 0}
     for uuid, inst in status.instances.items():
         if inst.channel is None:
             continue  # known to libvirt only: no channel series
@@ -106,12 +107,13 @@ def reading_from(status: Any) -> Reading:
             bytes_skipped=inst.decoder.get("bytes_skipped", 0),
             frames_rejected=inst.decoder.get("frames_rejected", 0),
             throttled_seconds=inst.throttle.get("seconds", 0.0),
+            log_suppressed=sum(inst.log_suppressed.values()),
             paused_by=tuple(origin for key, origin in (("pause", "guest"), ("host_pause", "host"))
                             if getattr(det, key, None) is not None),
         ))
         rejected.update(inst.decoder.get("rejected", {}))
-        throttled["bytes"] += inst.throttle.get("bytes", 0)
-        throttled["frames"] += inst.throttle.get("frames", 0)
+        for budget in throttled:
+            throttled[budget] += inst.throttle.get(budget, 0)
     outbox = None
     if status.outbox is not None and status.outbox.error is None:
         outbox = dataclasses.asdict(status.outbox)
@@ -172,7 +174,11 @@ def _instance_families(r: Reading) -> Iterator[Metric]:
         "size or content).", labels=label)
     throttled = CounterMetricFamily(
         "iim_relay_throttled_seconds", "Seconds the relay paused reading the channel because "
-        "the guest sent over its bytes/frames budget.", labels=label)
+        "the guest sent over its bytes/frames budget or its share of the CPU budget.",
+        labels=label)
+    suppressed = CounterMetricFamily(
+        "iim_relay_log_lines_suppressed", "Log lines about the instance held back by its "
+        "log budget (each kind at most once a minute).", labels=label)
     for i in r.instances:
         state.add_metric([i.uuid, i.detector_state], 1)
         connected.add_metric([i.uuid], 1 if i.connected else 0)
@@ -180,7 +186,8 @@ def _instance_families(r: Reading) -> Iterator[Metric]:
         skipped.add_metric([i.uuid], i.bytes_skipped)
         rejected.add_metric([i.uuid], i.frames_rejected)
         throttled.add_metric([i.uuid], i.throttled_seconds)
-    yield from (state, connected, heartbeats, skipped, rejected, throttled)
+        suppressed.add_metric([i.uuid], i.log_suppressed)
+    yield from (state, connected, heartbeats, skipped, rejected, throttled, suppressed)
 
 
 def _host_families(r: Reading, queued: int) -> Iterator[Metric]:

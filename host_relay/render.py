@@ -7,9 +7,11 @@ the writer together (host_relay.store).  The detector counts what it did
 itself (``Detector.counters``, summed on /metrics), so nothing is counted
 twice here.
 
-Lines a guest can cause (suppressed failures, ignored input) are logged at
-most once a minute per instance and kind; the rest at DEBUG.  An output type
-this module does not know is logged at DEBUG and otherwise ignored.
+Every line a guest can cause (transitions, suppressed failures, hellos,
+pauses) goes through the instance's host_relay.log_budget.LogBudget: at most
+once a minute per kind, then a count of what was held back.  A notification
+is always logged (the detector's cooldown and storm cap bound those).  An
+output type this module does not know is logged at DEBUG and otherwise ignored.
 """
 
 from __future__ import annotations
@@ -29,23 +31,11 @@ from host_relay.detector import (
     Suppressed,
     Transitioned,
 )
+from host_relay.log_budget import LogBudget
 
 LOG = logging.getLogger(__name__)
 
-GUEST_LINES_EVERY = 60.0  # seconds: guest-caused lines per instance and kind
-
-
-def _limited(marks: dict[str, float], key: str, now: float) -> int:
-    """INFO the first time per minute for ``key``, DEBUG otherwise."""
-    if now - marks.get(key, float("-inf")) >= GUEST_LINES_EVERY:
-        if len(marks) > 64:  # keys come from a fixed set; bound it anyway
-            marks.clear()
-        marks[key] = now
-        return logging.INFO
-    return logging.DEBUG
-
-
-def render(uuid: str, outputs: Any, marks: dict[str, float],
+def render(uuid: str, outputs: Any, budget: LogBudget,
            now: float) -> tuple[list[Notify], Optional[Any]]:
     """Log ``outputs``; return (notifications, last record to persist)."""
     notifies: list[Notify] = []
@@ -59,33 +49,43 @@ def render(uuid: str, outputs: Any, marks: dict[str, float],
         elif isinstance(out, Persist):
             record = out.record
         elif isinstance(out, Transitioned):
-            LOG.info("Instance %s: detector %s -> %s (%s)", uuid, out.old.value,
-                     out.new.value, out.why, extra=extra)
+            budget.log(LOG, logging.INFO, f"transition:{out.old.value}:{out.new.value}", now,
+                       "Instance %s: detector %s -> %s (%s)", uuid, out.old.value,
+                       out.new.value, out.why, extra=extra)
         elif isinstance(out, Suppressed):
-            LOG.log(_limited(marks, f"suppressed:{out.why}", now),
-                    "Instance %s: %s not notified: %s (%s)", uuid, out.kind, out.why,
-                    out.reason, extra=extra)
+            budget.log(LOG, logging.INFO, f"suppressed:{out.why}", now,
+                       "Instance %s: %s not notified: %s (%s)", uuid, out.kind, out.why,
+                       out.reason, extra=extra)
         elif isinstance(out, Ignored):
             LOG.debug("Instance %s: ignored %s: %s", uuid, out.what, out.reason, extra=extra)
         elif isinstance(out, Started):
-            LOG.log(_limited(marks, "started", now),
-                    "Instance %s: agent %s (boot %s, start %s, version %s, interval %.1fs%s)",
-                    uuid, "started" if out.start else "changed its interval", out.boot_id,
-                    out.start_id or "-", out.agent_version, out.interval,
-                    "" if out.interval == out.asked_interval
-                    else f", asked {out.asked_interval:g}s", extra=extra)
+            budget.log(LOG, logging.INFO, "started", now,
+                       "Instance %s: agent %s (boot %s, start %s, version %s, interval %.1fs%s)",
+                       uuid, "started" if out.start else "changed its interval", out.boot_id,
+                       out.start_id or "-", out.agent_version, out.interval,
+                       "" if out.interval == out.asked_interval
+                       else f", asked {out.asked_interval:g}s", extra=extra)
         elif isinstance(out, PauseChanged):
             if out.until is None:
-                LOG.info("Instance %s: %s pause over (%s)", uuid, out.origin, out.source,
-                         extra=extra)
+                # The operator's own pause is logged always; a guest's is budgeted.
+                if out.origin == "host":
+                    LOG.info("Instance %s: %s pause over (%s)", uuid, out.origin, out.source,
+                             extra=extra)
+                else:
+                    budget.log(LOG, logging.INFO, "pause_over", now,
+                               "Instance %s: %s pause over (%s)", uuid, out.origin,
+                               out.source, extra=extra)
             else:
-                LOG.log(logging.INFO if out.origin == "host"
-                        else _limited(marks, "pause", now),
-                        "Instance %s: paused by the %s for %.0fs (%s; from %s)%s", uuid,
-                        out.origin, max(0.0, out.until - out.at), out.reason, out.source,
-                        "" if out.asked is None else f", asked {out.asked:.0f}s", extra=extra)
+                message = ("Instance %s: paused by the %s for %.0fs (%s; from %s)%s", uuid,
+                           out.origin, max(0.0, out.until - out.at), out.reason, out.source,
+                           "" if out.asked is None else f", asked {out.asked:.0f}s")
+                if out.origin == "host":
+                    LOG.info(*message, extra=extra)
+                else:
+                    budget.log(LOG, logging.INFO, "pause", now, *message, extra=extra)
         elif isinstance(out, IncidentClosed):
-            LOG.info("Instance %s: %s incident over: %s", uuid, out.kind, out.why, extra=extra)
+            budget.log(LOG, logging.INFO, f"incident_over:{out.kind}", now,
+                       "Instance %s: %s incident over: %s", uuid, out.kind, out.why, extra=extra)
         elif isinstance(out, LateDeadline):
             LOG.warning("Instance %s: hang deadline seen %.1fs late (the relay stalled); "
                         "re-checking in %.1fs instead of notifying", uuid, out.late,
@@ -114,9 +114,9 @@ class OutputHandler:
         self._wall = wall_clock
         self.observe_queued = observe_queued
 
-    def __call__(self, uuid: str, marks: dict[str, float], outputs: Any) -> None:
+    def __call__(self, uuid: str, budget: LogBudget, outputs: Any) -> None:
         now = self._clock()
-        notifies, record = render(uuid, outputs, marks, now)
+        notifies, record = render(uuid, outputs, budget, now)
         stored = None
         if record is not None:
             stored = record.shifted(self._wall() - now).to_json()  # stored on the wall clock

@@ -28,6 +28,7 @@ from typing import Any, Callable, Optional
 
 import iim_protocol
 from host_relay import fallback, render, status
+from host_relay.budget import DecodeBudget
 from host_relay.channel import ChannelConnection
 from host_relay.control import ControlServer
 from host_relay.discovery import Discovery
@@ -91,6 +92,9 @@ class Relay:
         self._outputs = render.OutputHandler(self.writer, sender, settings.host, clock=clock,
                                              wall_clock=wall_clock)
         self._ops = Worker("outbox-ops")  # restore, requeue, close: never on the loop
+        # One CPU budget for all channels' guest input, shared fairly (host_relay.budget).
+        self.decode_budget = DecodeBudget(settings.channels.decode_budget, clock(),
+                                          loop_cpu=time.thread_time)
         self._supervisor = Supervisor(clock)
         self._discovery: Optional[Discovery] = None
         self._libvirt: Any = None
@@ -332,7 +336,8 @@ class Relay:
         conn = ChannelConnection(
             inst.uuid, path, self.settings.channels, self._detector_for(inst, now),
             lambda outputs, inst=inst: self.carry_out(inst, outputs),
-            clock=self._clock, transport=transport_for(path, origin),
+            clock=self._clock, transport=transport_for(path, origin), budget=self.decode_budget,
+            log_budget=inst.log_budget,
         )
         inst.conn = conn
         name = f"channel {inst.uuid}"
@@ -370,7 +375,7 @@ class Relay:
 
     def carry_out(self, inst: Instance, outputs: list) -> None:
         """Render a detector call's outputs; write its notifications with its record."""
-        self._outputs(inst.uuid, inst.log_marks, outputs)
+        self._outputs(inst.uuid, inst.log_budget, outputs)
 
     # -- control requests -----------------------------------------------------
 

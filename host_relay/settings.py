@@ -58,6 +58,7 @@ class ChannelSettings:
     read_chunk: int = bounds.opt_field(channels_opts, "read_chunk")
     max_bytes_per_second: int = bounds.opt_field(channels_opts, "max_bytes_per_second")
     max_frames_per_second: int = bounds.opt_field(channels_opts, "max_frames_per_second")
+    decode_budget: float = bounds.opt_field(channels_opts, "decode_budget")
 
     def __post_init__(self) -> None:
         bounds.check(self)

@@ -62,6 +62,8 @@ class InstanceStatus:
     problem: Optional[str] = None
     reason: Optional[str] = None
     fix: Optional[str] = None
+    # Guest-caused log lines held back by the log budget, by kind (host_relay.log_budget).
+    log_suppressed: dict[str, int] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -253,6 +255,7 @@ class _Bare:
     origin: Optional[str] = None
     conn: Any = None
     detector: Any = None
+    log_budget: Any = None
 
 
 def _instance(inst: Any, now: float, wall: float, latest: dict,
@@ -284,13 +287,12 @@ def _instance(inst: Any, now: float, wall: float, latest: dict,
         heartbeats=conn.counters["heartbeats"] if conn else 0,
         detector=det,
         decoder=conn.decoder.stats.as_dict() if conn else {},
-        throttle={"bytes": conn.counters["throttled_bytes"],
-                  "frames": conn.counters["throttled_frames"],
-                  "seconds": round(conn.throttled_seconds, 3)} if conn else {},
+        throttle=conn.throttle_counts() if conn else {},
         last_failure=entry_dict(entry, wall) if entry is not None else None,
         libvirt=domain,
         domain_state=domain.get("state") if domain else None,
         problem=domain.get("problem") if domain else None,
         reason=domain.get("reason") if domain else None,
         fix=domain.get("fix") if domain else None,
+        log_suppressed=dict(inst.log_budget.suppressed) if inst.log_budget else {},
     )

@@ -5,8 +5,9 @@ serial fallback reads the host end of a guest serial port instead: a pty
 (``/dev/pts/N``, opened as a raw terminal so the line discipline neither
 echoes bytes back into the guest nor rewrites line ends) or, when Nova's
 serial console is enabled, a TCP port QEMU listens on (``tcp:HOST:PORT``).
-Each opener returns an asyncio StreamReader and something with ``close()`` and a
-non-blocking ``write()`` (the relay's ``sync`` request; never awaited).
+Each is opened as an :class:`Endpoint`: a non-blocking descriptor the channel
+waits on and reads itself, one chunk at a time, and a best-effort ``write()``
+for the relay's ``sync`` request (never awaited).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+import socket
 import termios
 import tty
 from typing import Any
@@ -34,33 +36,73 @@ def transport_for(path: str, origin: str) -> str:
 
 
 def is_closed_by_peer(exc: BaseException) -> bool:
-    """A pty whose other end (QEMU) went away reads EIO: that is a hang-up, not a failure."""
-    return isinstance(exc, OSError) and exc.errno == errno.EIO
+    """A hang-up, not a failure: a pty whose other end (QEMU) went away reads EIO, and a
+    socket closed by a guest with unread data in it reads ECONNRESET."""
+    return isinstance(exc, OSError) and exc.errno in (errno.EIO, errno.ECONNRESET)
 
 
-class _PipeCloser:
-    def __init__(self, transport: asyncio.ReadTransport, fd: int) -> None:
-        self._transport = transport
-        self._fd = fd
+class Endpoint:
+    """One open channel as a non-blocking file descriptor the relay reads itself.
 
-    def write(self, data: bytes) -> None:
-        """Best effort: a pty whose buffer is full drops it (the guest is not reading)."""
+    The relay waits for it to be readable, then takes up to one chunk with one
+    ``read``: no stream buffer in between, so the channel's whole input cost
+    (system call, decoding, detector) is measured where it is read, and a
+    channel that is not read costs nothing (the kernel buffer holds the guest).
+    """
+
+    def __init__(self, fd: int, owner: Any) -> None:
+        self.fd = fd
+        self._owner = owner  # the socket or file object that closes the fd
+
+    async def readable(self) -> None:
+        """Return once a read would not block (data, end of file or an error)."""
+        loop = asyncio.get_running_loop()
+        ready = loop.create_future()
+        loop.add_reader(self.fd, _settle, ready)
         try:
-            os.write(self._fd, data)
+            await ready
+        finally:
+            loop.remove_reader(self.fd)
+
+    def read(self, n: int) -> bytes:
+        """Up to ``n`` bytes; b"" at end of file; BlockingIOError when none are there."""
+        return os.read(self.fd, n)
+
+    def write(self, data: bytes) -> bool:
+        """Best effort, never blocks: False if the channel cannot take it now."""
+        try:
+            return os.write(self.fd, data) == len(data)
         except BlockingIOError:
-            pass
+            return False
 
     def close(self) -> None:
-        self._transport.close()
+        self._owner.close()
 
 
-async def open_stream(path: str, transport: str, limit: int) -> tuple[asyncio.StreamReader, Any]:
+def _settle(future: asyncio.Future) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+async def open_channel(path: str, transport: str) -> Endpoint:
     """Open ``path`` with ``transport``; raises OSError as a socket connect would."""
-    if transport == UNIX:
-        return await asyncio.open_unix_connection(path, limit=limit)
-    if transport == TCP:
-        _, (host, port) = parse_endpoint(path)
-        return await asyncio.open_connection(host, port, limit=limit)
+    loop = asyncio.get_running_loop()
+    if transport in (UNIX, TCP):
+        if transport == UNIX:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            address: Any = path
+        else:
+            _, (host, port) = parse_endpoint(path)
+            family = socket.AF_INET6 if ":" in str(host) else socket.AF_INET
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            address = (host, port)
+        sock.setblocking(False)
+        try:
+            await loop.sock_connect(sock, address)
+        except BaseException:
+            sock.close()
+            raise
+        return Endpoint(sock.fileno(), sock)
     if transport != PTY:
         raise ValueError(f"unknown channel transport {transport!r} (known: {TRANSPORTS})")
     fd = os.open(path, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -69,13 +111,4 @@ async def open_stream(path: str, transport: str, limit: int) -> tuple[asyncio.St
     except termios.error as exc:
         os.close(fd)
         raise OSError(errno.ENOTTY, f"{path} is not a terminal: {exc}") from None
-    pipe = os.fdopen(fd, "rb", buffering=0)
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader(limit=limit, loop=loop)
-    protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
-    try:
-        read_transport, _ = await loop.connect_read_pipe(lambda: protocol, pipe)
-    except BaseException:
-        pipe.close()
-        raise
-    return reader, _PipeCloser(read_transport, fd)
+    return Endpoint(fd, os.fdopen(fd, "rb", buffering=0))

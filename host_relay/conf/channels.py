@@ -59,13 +59,15 @@ at least ``reconnect_initial``.
     ),
     cfg.IntOpt(
         "read_chunk",
-        default=4096,
+        default=65536,
         min=512,
-        max=65536,
+        max=262144,
         help="""
-Bytes requested from a channel socket per read. Frames are small, so the
-default holds many; larger values save system calls on busy channels and
-cost memory per channel.
+Bytes requested from a channel socket per read. An honest agent's frames
+arrive a few at a time whatever this is; a guest that floods its channel
+is read in chunks this large, so what it costs is its decoding, not one
+system call and one loop wake-up per few bytes. Nothing is buffered in
+the relay while a channel waits for its budget: the kernel holds it.
 """,
     ),
     cfg.IntOpt(
@@ -81,6 +83,24 @@ a misbehaving or hostile guest cannot make the relay spend its CPU on one
 channel. Nothing already read is dropped. An honest agent sends a few
 hundred bytes per heartbeat; too low a value delays heartbeats and causes
 false alarms.
+""",
+    ),
+    cfg.FloatOpt(
+        "decode_budget",
+        default=0.25,
+        min=0.01,
+        max=1.0,
+        help="""
+Share of one CPU core that reading and decoding the input of all
+channels together may take (CPU time measured around each read, its
+decoding and the detector; the event loop's own cost per read is added
+from its thread's CPU time), shared fairly between channels: channels
+that need less than an even share keep what they need, the rest is split
+evenly between those that want more. Each channel may always use 3 ms of
+CPU a second (many heartbeats' worth), so honest instances are never held
+back however many there are. A channel over its share is not read until
+it is back within it: the socket buffer fills and QEMU holds that guest
+back; nothing is dropped.
 """,
     ),
     cfg.IntOpt(

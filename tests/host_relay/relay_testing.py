@@ -135,6 +135,8 @@ class CountingProxy:
         self.target = target.rstrip("/")
         self.posts: dict[str, int] = {}
         self.statuses: list[int] = []
+        # (instance_uuid, status, time.time() the POST arrived, answer reached the client)
+        self.answers: list[tuple[str, int, float, bool]] = []
         proxy = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -142,8 +144,10 @@ class CountingProxy:
                 pass
 
             def _forward(self, method: str) -> None:
+                arrived = time.time()
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else None
+                inst = None
                 if method == "POST" and self.path.endswith("/notifications") and body:
                     inst = json.loads(body)["notification"]["payload"]["instance_uuid"]
                     proxy.posts[inst] = proxy.posts.get(inst, 0) + 1
@@ -158,11 +162,18 @@ class CountingProxy:
                 except OSError:
                     status, data = 502, b'{"error": "masakari-api unreachable"}'
                 proxy.statuses.append(status)
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                answered = False
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                    self.wfile.flush()
+                    answered = True
+                finally:  # a client killed meanwhile never read the answer
+                    if inst is not None:
+                        proxy.answers.append((inst, status, arrived, answered))
 
             def do_POST(self) -> None:  # noqa: N802 - http.server's naming
                 self._forward("POST")

@@ -102,3 +102,17 @@ def test_scale_bench_prints_its_figures_for_both_runs():
             assert values == sorted(values), stdout
     assert "crash detection: 20 instances vs 1 instance (ms)" in stdout
     assert "notification_delay_max = 0" in stdout
+
+
+def test_flood_bench_prints_its_figures_for_each_phase():
+    stdout = run_bench("relay_flood.py", "--channels", "3", "--kills", "1", "--settle", "0.5",
+                       timeout=150.0)
+    quiet, random_bytes, bombs = tables(stdout)
+    for got in (quiet, random_bytes, bombs):
+        assert got["n (202 recorded)"] + got["misses (no 202 in time)"] == 1, stdout
+        assert got["relay CPU (% of one core)"] >= 0, stdout
+    for got in (random_bytes, bombs):
+        assert got["flood MB read by the relay"] > 0, stdout
+        assert got["flood channel pauses"] > 0, stdout  # held back, not dropped
+    assert bombs["flood frames rejected"] > 0, stdout
+    assert "notification_delay_max = 0" in stdout

@@ -13,6 +13,7 @@ import pytest
 
 from host_relay.channel import STATE_BACKOFF, STATE_CONNECTED, ChannelConnection, TokenBucket
 from host_relay.detector import Detector, DetectorConfig
+from host_relay.log_budget import LogBudget
 from host_relay.outbox import Outbox
 from host_relay.render import OutputHandler
 from host_relay.settings import ChannelSettings
@@ -56,10 +57,11 @@ class Rig:
     def channel(self, uuid: str, detector=None, **config) -> ChannelConnection:
         now = time.monotonic()
         detector = detector or Detector(DetectorConfig(**{**FAST, **config}), now)
-        marks: dict = {}
+        log_budget = LogBudget()
         conn = ChannelConnection(uuid, os.path.join(self.sock_dir, f"{uuid}.sock"),
                                  self.settings, detector,
-                                 lambda outputs: self.outputs(uuid, marks, outputs))
+                                 lambda outputs: self.outputs(uuid, log_budget, outputs),
+                                 log_budget=log_budget)
         self.channels[uuid] = conn
         self.tasks.append(asyncio.create_task(conn.run()))
         return conn
@@ -271,8 +273,10 @@ def test_garbage_flood_does_not_delay_another_instance(sock_dir, tmp_path, caplo
             stats = flood_conn.decoder.stats
             assert stats.bytes_skipped > 10_000
             assert stats.frames_ok == 0
-            # The flooder is held to about its byte budget (1 s burst + 64 KiB/s).
-            assert stats.bytes_received <= 65536 * (1 + (time.monotonic() - sent + 0.6)) + 4096
+            # The flooder is held to about its byte budget (1 s burst + 64 KiB/s), plus
+            # the one chunk read whole before it is paid for.
+            assert stats.bytes_received <= (65536 * (1 + (time.monotonic() - sent + 0.6))
+                                            + ChannelSettings().read_chunk)
             assert flood_conn.counters["throttled_bytes"] > 0
             assert rig.entries(UUID_A) == []
             # Logged, but once: a hostile guest cannot flood the host's log.
@@ -299,12 +303,16 @@ def test_frame_flood_is_throttled_by_the_frame_budget(sock_dir, tmp_path) -> Non
         try:
             await guest.wait_connected()
             await guest.send(hello(10.0))  # the pauses below must not look like a hang
-            start = time.monotonic()
             frames = b"".join(encode(Heartbeat(seq=i)) for i in range(1, 301))
             await guest.send_raw(frames)
+            # Read in one chunk, decoded whole, then paid for: 300 frames put the
+            # channel 250 frames in debt (50 banked, 50/s), so it is not read for
+            # about 5 s; the next frame waits for that.
             await wait_until(lambda: conn.decoder.stats.frames_ok >= 301, timeout=8.0)
+            start = time.monotonic()
+            await guest.send(Heartbeat(seq=301))
+            await wait_until(lambda: conn.decoder.stats.frames_ok >= 302, timeout=8.0)
             took = time.monotonic() - start
-            # 50 banked + 50/s: 300 frames need several seconds, not milliseconds.
             assert took > 3.0
             assert conn.counters["throttled_frames"] > 0
             assert rig.entries(UUID_A) == []  # throttled heartbeats are late, never lost

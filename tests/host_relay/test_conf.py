@@ -102,8 +102,8 @@ def _fmt(number: float) -> str:
 
 def test_every_numeric_option_has_min_and_max():
     numeric = _own_numeric_opts()
-    # 1 [DEFAULT] + 5 [channels] + 9 [detector] + 11 [witnesses] + 4 [masakari] + 3 [libvirt]
-    assert len(numeric) == 33
+    # 1 [DEFAULT] + 6 [channels] + 9 [detector] + 11 [witnesses] + 4 [masakari] + 3 [libvirt]
+    assert len(numeric) == 34
     unbounded = [
         f"[{group}] {opt.dest}"
         for group, opt in numeric
@@ -303,7 +303,7 @@ def test_not_a_number(tmp_path):
     message = _error(path)
     assert (
         f"{path}: [channels] read_chunk = lots is not an integer: "
-        "must be an integer between 512 and 65536" in message
+        "must be an integer between 512 and 262144" in message
     )
     assert f"{path}: [detector] cooldown = 5m is not a number" in message
 

@@ -108,7 +108,7 @@ def test_sockets_come_and_go_without_restart_and_status_shows_them(state_dir) ->
             assert ia["detector"]["state"] == "armed"
             assert ia["last_failure"] is None
             assert set(ia["decoder"]) >= {"bytes_skipped", "frames_rejected", "rejected"}
-            assert set(ia["throttle"]) == {"bytes", "frames", "seconds"}
+            assert set(ia["throttle"]) == {"bytes", "frames", "cpu", "cpu_seconds", "seconds"}
             assert ib["last_failure"]["kind"] == "process_failure"
             assert ib["last_failure"]["state"] == "queued"
             assert ib["decoder"]["bytes_skipped"] >= 9
