@@ -17,7 +17,7 @@ from typing import Any, Optional
 
 import click
 
-from host_relay.maintenance import EXIT_STATUS
+from host_relay.maintenance import EXIT_STATUS, human
 
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _PART = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd]?)")
@@ -42,17 +42,6 @@ def parse_duration(text: str) -> float:
     if pos != len(value) or total != total or total == float("inf"):
         raise ValueError(f"not a duration: {text!r}; units: {UNITS_HELP}")
     return total
-
-
-def human(seconds: float) -> str:
-    if seconds < 60:
-        return f"{seconds:.0f}s" if seconds >= 1 else f"{seconds:.1f}s"
-    total, parts = int(round(seconds)), []
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
-        n, total = divmod(total, size)
-        if n:
-            parts.append(f"{n}{unit}")
-    return "".join(parts)
 
 
 def _when(wall: Optional[float]) -> str:

@@ -116,8 +116,8 @@ class Maintenance:
                 or not seconds > 0 or seconds != seconds:
             return refused(BAD_REQUEST, "the pause needs a duration of more than 0 seconds")
         if seconds > self.max_pause:
-            return refused(TOO_LONG, f"{_human(seconds)} is longer than [detector] max_pause "
-                           f"= {_human(self.max_pause)} ({self.max_pause:g}s); pause for at "
+            return refused(TOO_LONG, f"{human(seconds)} is longer than [detector] max_pause "
+                           f"= {human(self.max_pause)} ({self.max_pause:g}s); pause for at "
                            "most that, or raise max_pause in the relay's configuration")
         if not isinstance(reason, str) or not reason.isprintable() \
                 or len(reason.encode("utf-8")) > MAX_REASON_BYTES:
@@ -129,7 +129,7 @@ class Maintenance:
         inst = self._relay.instances.ensure(uuid, self._clock())
         self._apply(inst, lambda det, now: det.host_pause(float(seconds), reason, now))
         LOG.warning("Instance %s: paused by the operator for %s (%s); no notification for it "
-                    "until then or `iim-relay resume`", uuid, _human(seconds), reason or "-",
+                    "until then or `iim-relay resume`", uuid, human(seconds), reason or "-",
                     extra={"instance_uuid": uuid})
         return await self._answer(inst, name)
 
@@ -232,9 +232,10 @@ def _pause_json(p: Any, wall: float) -> Optional[dict[str, Any]]:
             "until": wall + p.remaining}
 
 
-def _human(seconds: float) -> str:
+def human(seconds: float) -> str:
+    """A duration as the pause commands write it: ``45s``, ``0.5s``, ``1h30m``."""
     if seconds < 60:
-        return f"{seconds:g}s"
+        return f"{seconds:.0f}s" if seconds >= 1 else f"{seconds:.1f}s"
     total, parts = int(round(seconds)), []
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
         n, total = divmod(total, size)
