@@ -42,6 +42,11 @@ class Instance:
     gone_since: Optional[float] = None  # no claim (monotonic), None while claimed
     # When each kind of guest-caused log line was last logged (host_relay.render).
     log_marks: dict[str, float] = dataclasses.field(default_factory=dict)
+    # The witnesses (host_relay.silence_watch): when to ask and what their verdict meant.
+    judge: Any = None  # a witness_decision.SilenceJudge, made when it first goes silent
+    # Detector outputs held while the evidence of a hang is kept (a few seconds at
+    # most), written in order after it: None when nothing is held.
+    held_outputs: Optional[list] = None
 
     def wanted(self) -> Optional[tuple[str, str]]:
         """(path, origin) of the channel to read, from the winning claim."""
