@@ -441,22 +441,29 @@ class Relay:
         else:
             self.carry_out(inst, call(self._clock()))
 
+    async def _keep_evidence(self, uuid: str) -> Any:
+        conn = self._libvirt.conn if self._libvirt is not None else None
+        dom = await self.libvirt_domain(uuid)
+        if conn is None or dom is None:
+            return None
+        return await self.witnesses.keep_evidence(conn, dom, uuid)
+
     async def _evidence_first(self, inst: Instance) -> None:
         extra = {"instance_uuid": inst.uuid}
         try:
-            conn = self._libvirt.conn if self._libvirt is not None else None
-            dom = await self.libvirt_domain(inst.uuid)
-            if conn is None or dom is None:
-                LOG.warning("Instance %s: no evidence kept for the hang (libvirt has no domain "
-                            "or no connection)", inst.uuid, extra=extra)
-                return
-            keep = asyncio.ensure_future(self.witnesses.keep_evidence(conn, dom, inst.uuid))
+            # The lookup and the evidence share one bound (the reader pool may be busy
+            # with pings): the notification never waits longer than EVIDENCE_WAIT.
+            keep = asyncio.ensure_future(self._keep_evidence(inst.uuid))
             try:
                 evidence = await asyncio.wait_for(asyncio.shield(keep), EVIDENCE_WAIT)
             except asyncio.TimeoutError:
                 LOG.warning("Instance %s: keeping the evidence takes over %.0fs; the hang is "
                             "notified without waiting for it", inst.uuid, EVIDENCE_WAIT,
                             extra=extra)
+                return
+            if evidence is None:
+                LOG.warning("Instance %s: no evidence kept for the hang (libvirt has no domain "
+                            "or no connection)", inst.uuid, extra=extra)
                 return
             LOG.warning("Instance %s: evidence of the hang kept in %s (%s)%s", inst.uuid,
                         evidence.path, ", ".join(evidence.files) or "no files",
