@@ -260,6 +260,10 @@ def format_status(snap: dict[str, Any]) -> str:
         state = str(det.get("state", "-"))
         if det.get("host_pause"):  # paused by `iim-relay pause`: say so, and for how long
             state += f" (host, {_age(det['host_pause'].get('remaining'))})"
+        elif det.get("witness") and state in ("agent_lost", "cooldown", "failed"):
+            state += f" ({det['witness']})"  # the witness that decided it
+        elif det.get("hang_held"):
+            state += " (hang held)"
         rows.append((uuid, chan, inst.get("origin") or "-", _age(inst.get("last_heartbeat_age")),
                      state, failure, fail.get("state", "-") if fail else "-"))
         if domain.get("reason"):
@@ -279,6 +283,11 @@ def format_status(snap: dict[str, Any]) -> str:
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         for r in rows:
             lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    guard = snap.get("silence_guard") or {}
+    if guard.get("engaged"):
+        lines += ["", f"HOST-WIDE SILENCE: {guard.get('silent')} of {guard.get('armed')} armed "
+                  f"instances silent; {guard.get('held')} hang notifications held until their "
+                  "own witness confirms them or the silence clears"]
     ob = snap.get("outbox") or {}
     oldest = _age(ob.get("oldest_queued_age"))
     lines += ["", f"Outbox: {ob.get('depth', '?')} queued, oldest {oldest}, "

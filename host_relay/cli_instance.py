@@ -243,6 +243,18 @@ def format_detail(d: dict[str, Any]) -> str:
                                             " (not notified: storm cap)"))
         if det.get("cooldown_remaining"):
             row("cooldown", f"{human(det['cooldown_remaining'])} left")
+        if det.get("witness"):
+            row("witness", f"{det['witness']}: {det.get('witness_detail') or '-'}")
+        if det.get("agent_lost_for") is not None:
+            row("agent lost", f"for {human(det['agent_lost_for'])} (the guest answers; "
+                "not a VM failure)")
+        if det.get("hang_held"):
+            row("hang held", f"by the host-wide silence guard: {det['hang_held']}")
+    w = inst.get("witnesses") or {}
+    if w.get("last_event"):
+        row("libvirt event", w["last_event"])
+    if w.get("evidence"):
+        row("evidence", w["evidence"])
     else:
         row("detector", "none yet (no channel seen)")
     notes = d.get("notifications") or []

@@ -57,12 +57,14 @@ from typing import Any, Optional
 
 from host_relay import detector_rules as rules
 from host_relay.detector_config import DetectorConfig  # re-exported: its home moved
-from host_relay.detector_inputs import Input, PauseEvent, feed_message
+from host_relay.detector_inputs import Input, PauseEvent, WitnessEvent, feed_message
 from host_relay.detector_outputs import (
     GUEST_HANG,
     PROCESS_FAILURE,
+    AgentLost,
     DetectorCounters,
     DetectorStatus,
+    HangHeld,
     Ignored,
     IncidentClosed,
     LateDeadline,
@@ -93,8 +95,17 @@ from iim_protocol.messages import GUEST_TO_HOST, Message
 WRITE_EVERY = 10.0
 _MUST, _MAY = "must", "may"
 
+#: What a witness decision (host_relay.witness_decision.Outcome values) feeds the table.
+WITNESS_INPUTS = {
+    "confirmed_hang": Input.WITNESS_HUNG,
+    "agent_lost": Input.WITNESS_ALIVE,
+    "agent_lost_notify": Input.WITNESS_ALIVE,
+    "no_witness": Input.WITNESS_UNKNOWN,
+}
+
 __all__ = [
-    "GUEST_HANG", "MAX_REASON_CHARS", "PROCESS_FAILURE", "Detector", "DetectorConfig",
+    "AgentLost", "HangHeld", "WitnessEvent", "GUEST_HANG", "MAX_REASON_CHARS", "PROCESS_FAILURE",
+    "Detector", "DetectorConfig",
     "DetectorCounters", "DetectorRecord", "DetectorStatus", "DomainState", "Ignored", "Incident",
     "IncidentClosed", "LateDeadline", "Notify", "Output", "PauseChanged", "PauseStatus", "Persist",
     "Started", "State", "Suppressed", "Transitioned",
@@ -128,6 +139,7 @@ class Detector:
         f.armed = r.armed and f.interval is not None
         f.boot_id, f.start_id, f.last_heard = r.boot_id, r.start_id, r.last_heard
         f.incident, f.cooldown_until = r.incident, r.cooldown_until
+        f.agent_lost_since = r.agent_lost_since if f.armed else None
         f.notified_at.extend(sorted(r.notified_at))
         if r.pause_until is not None and r.pause_until > now:
             f.pause_until = min(r.pause_until, now + cfg.max_pause)
@@ -203,6 +215,39 @@ class Detector:
 
         return self._run(now, inp, None, fact)
 
+    def witness(self, outcome: str, ev: WitnessEvent, now: float) -> list[Output]:
+        """The host's witnesses decided (``outcome``: a witness_decision.Outcome value):
+        confirmed_hang notifies now naming ``ev.by``; agent_lost holds the hang
+        deadline one detector window (and notifies after ``ev.notify_lost_after``
+        if set); no_witness leaves today's rule.  A panic event may come at any
+        time; the others only while :meth:`silence` says the instance is silent."""
+        if outcome not in WITNESS_INPUTS:
+            raise ValueError(f"unknown witness outcome {outcome!r}")
+        return self._run(now, WITNESS_INPUTS[outcome], ev, None)
+
+    def host_hold(self, why: str, now: float) -> list[Output]:
+        """The host-wide silence guard engaged (``why``) or let go (""): while engaged a
+        hang found by the heartbeat rule is held (process failures and witness-confirmed
+        hangs never are); when it lets go a held hang is notified at once."""
+        f = self._f
+        inp = None
+        if not why and f.held_hang is not None:
+            inp = Input.HANG_RELEASED
+
+        def fact() -> None:
+            f.hang_hold = rules.clean(why)
+
+        return self._run(now, inp, None, fact)
+
+    def silence(self, now: float) -> Optional[tuple[float, float]]:
+        """(silent since, interval) while hang detection runs, for the witnesses' timer
+        (host_relay.witness_decision.SilenceJudge.ask_due/next_ask); else None."""
+        f = self._f
+        if (f.state not in (State.ARMED, State.SUSPECT, State.AGENT_LOST) or f.interval is None
+                or self._hold_reason() is not None or now < f.watch_from):
+            return None
+        return f.base, f.interval
+
     def tick(self, now: float) -> list[Output]:
         return self._run(now, None, None, None)
 
@@ -222,6 +267,7 @@ class Detector:
             notified_at=tuple(f.notified_at), pause_until=f.pause_until,
             pause_reason=f.pause_reason, pause_origin=f.pause_origin,
             host_pause_until=f.host_pause_until, host_pause_reason=f.host_pause_reason,
+            agent_lost_since=f.agent_lost_since,
         )
 
     def status(self, now: float) -> DetectorStatus:
@@ -230,7 +276,7 @@ class Detector:
         now = max(rules.finite(now), f.now)
         pending = self._pending()
         hang_in = None
-        if pending is not None and f.state in (State.ARMED, State.SUSPECT):
+        if pending is not None and f.state in (State.ARMED, State.SUSPECT, State.AGENT_LOST):
             hang = max(f.base + cfg.missed_heartbeats * (f.interval or 0.0),
                        f.watch_from, f.hold_until)
             hang_in = max(0.0, hang - now)
@@ -254,6 +300,10 @@ class Detector:
             host_pause=(PauseStatus(f.host_pause_until - now, f.host_pause_reason, "host")
                         if f.host_pause_until is not None and f.host_pause_until > now
                         else None),
+            witness=f.witness, witness_detail=f.witness_detail,
+            agent_lost_for=(None if f.agent_lost_since is None
+                            else max(0.0, now - f.agent_lost_since)),
+            hang_held=f.hang_hold if f.held_hang is not None else None,
         )
 
     # ------------------------------------------------------------ machinery
@@ -298,8 +348,9 @@ class Detector:
                                                              f.host_pause_reason):
             return _MUST
         if (old.armed, old.interval, old.boot_id, old.start_id, old.pause_reason,
-                old.pause_origin) != (f.armed, f.interval, f.boot_id, f.start_id,
-                                      f.pause_reason, f.pause_origin):
+                old.pause_origin, old.agent_lost_since) != (
+                f.armed, f.interval, f.boot_id, f.start_id, f.pause_reason, f.pause_origin,
+                f.agent_lost_since):
             return _MAY
         if old.pause_until is None or f.pause_until is None:
             return _MAY if (old.pause_until is None) != (f.pause_until is None) else None
@@ -325,7 +376,8 @@ class Detector:
         if f.state is State.COOLDOWN:
             assert f.cooldown_until is not None
             return f.cooldown_until, Input.COOLDOWN_EXPIRED
-        if f.state not in (State.ARMED, State.SUSPECT) or self._hold_reason() is not None:
+        if (f.state not in (State.ARMED, State.SUSPECT, State.AGENT_LOST)
+                or self._hold_reason() is not None or f.held_hang is not None):
             return None
         assert f.interval is not None
         floor = max(f.watch_from, f.hold_until)
@@ -345,11 +397,16 @@ class Detector:
 
     def _hang_detection(self, now: float) -> str:
         f = self._f
-        if f.state not in (State.ARMED, State.SUSPECT):
+        if f.state not in (State.ARMED, State.SUSPECT, State.AGENT_LOST):
             return f"off ({f.state.value})"
         hold = self._hold_reason()
         if hold is not None:
             return f"held ({hold})"
+        if f.held_hang is not None:
+            return f"held (host-wide silence: {f.hang_hold})"
+        if f.state is State.AGENT_LOST and now < f.hold_until:
+            return (f"held (agent lost; {f.witness} answers; "
+                    f"{f.hold_until - now:.1f}s unless confirmed again)")
         if now < f.watch_from:
             return f"held (min_uptime for {f.watch_from - now:.1f}s)"
         return "active"

@@ -38,6 +38,11 @@ class Input(enum.Enum):
     HANG_DEADLINE = "hang_deadline"
     PAUSE_EXPIRED = "pause_expired"
     COOLDOWN_EXPIRED = "cooldown_expired"
+    # The host's witnesses (host_relay.witness_decision), decided by the shell:
+    WITNESS_HUNG = "witness_hung"  # a witness confirms the hang (panic, unanswered ping ...)
+    WITNESS_ALIVE = "witness_alive"  # the guest answers: only iim's agent is lost
+    WITNESS_UNKNOWN = "witness_unknown"  # no witness could tell: today's rule decides
+    HANG_RELEASED = "hang_released"  # the host-wide silence guard let go of a held hang
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,6 +72,21 @@ class PauseEvent:
     reason: str
     source: str  # "frame" | "heartbeat" | "hello" | "host"
 
+
+
+@dataclasses.dataclass(frozen=True)
+class WitnessEvent:
+    """What the host's witnesses decided about a silent instance (or a panic event).
+
+    ``by`` names the witness that decided (panic, watchdog, io_error, qemu-ga,
+    vcpu ...; "none" for no witness); ``detail`` is its reading, host text.
+    ``notify_lost_after``: for an alive guest, notify once the agent has been
+    lost this long (``[witnesses] notify_on_agent_lost``), or None: never.
+    """
+
+    by: str
+    detail: str = ""
+    notify_lost_after: Optional[float] = None
 
 
 def contact_of(msg: Hello | Heartbeat) -> Contact:

@@ -122,9 +122,35 @@ class LateDeadline:
     at: float
 
 
+@dataclasses.dataclass(frozen=True)
+class AgentLost:
+    """The agent is silent but a witness (qemu-ga) shows the guest runs: not a VM failure.
+
+    ``first`` is True for the first decision of this loss (logged at WARNING);
+    ``since`` is when the agent was last heard (or the loss began); the hang
+    deadline is held until ``hold_until`` unless a witness says so again."""
+
+    by: str
+    detail: str
+    since: float
+    hold_until: float
+    first: bool
+    at: float
+
+
+@dataclasses.dataclass(frozen=True)
+class HangHeld:
+    """The host-wide silence guard holds this instance's hang notification (``why``):
+    released when its own witness confirms the hang or the guard lets go."""
+
+    reason: str
+    why: str
+    at: float
+
+
 Output = Union[
     Notify, Transitioned, Ignored, Persist, Suppressed, PauseChanged, Started, IncidentClosed,
-    LateDeadline,
+    LateDeadline, AgentLost, HangHeld,
 ]
 
 
@@ -136,6 +162,8 @@ class DetectorCounters:
     clamped by "interval"/"pause"."""
 
     notified: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+    # by "outcome:witness": confirmed_hang:qemu-ga, agent_lost:qemu-ga, no_witness:none ...
+    witness: collections.Counter = dataclasses.field(default_factory=collections.Counter)
     suppressed: collections.Counter = dataclasses.field(default_factory=collections.Counter)
     ignored: collections.Counter = dataclasses.field(default_factory=collections.Counter)
     transitions: int = 0
@@ -145,7 +173,8 @@ class DetectorCounters:
 
     def copy(self) -> DetectorCounters:
         return DetectorCounters(
-            collections.Counter(self.notified), collections.Counter(self.suppressed),
+            collections.Counter(self.notified), collections.Counter(self.witness),
+            collections.Counter(self.suppressed),
             collections.Counter(self.ignored), self.transitions, self.persists,
             self.late_deadlines, collections.Counter(self.clamped),
         )
@@ -183,3 +212,7 @@ class DetectorStatus:
     agent_version: Optional[str]
     counters: DetectorCounters
     host_pause: Optional[PauseStatus] = None  # the operator's pause; ``pause`` is the guest's
+    witness: Optional[str] = None  # the witness that made the last decision ("qemu-ga" ...)
+    witness_detail: str = ""  # its reading
+    agent_lost_for: Optional[float] = None  # seconds the agent has been lost (guest alive)
+    hang_held: Optional[str] = None  # the host-wide silence guard holds the hang: why

@@ -58,6 +58,9 @@ class DetectorRecord:
     # The operator's pause (`iim-relay pause`): separate, so neither side ends the other's.
     host_pause_until: Optional[float] = None
     host_pause_reason: str = ""
+    # Since when the agent is lost while a witness (qemu-ga) shows the guest runs: the
+    # notify_on_agent_lost timeout counts across restarts.  Absent in older records.
+    agent_lost_since: Optional[float] = None
 
     def to_json(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -114,6 +117,7 @@ class DetectorRecord:
             host_pause_until=_opt_time("host_pause_until", d.get("host_pause_until")),
             host_pause_reason=_text("host_pause_reason", d.get("host_pause_reason", ""),
                                     MAX_TEXT_BYTES),
+            agent_lost_since=_opt_time("agent_lost_since", d.get("agent_lost_since")),
         )
 
     def shifted(self, delta: float) -> DetectorRecord:
@@ -131,6 +135,7 @@ class DetectorRecord:
             notified_at=tuple(t + delta for t in self.notified_at),
             pause_until=add(self.pause_until),
             host_pause_until=add(self.host_pause_until),
+            agent_lost_since=add(self.agent_lost_since),
         )
 
 

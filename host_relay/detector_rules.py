@@ -18,7 +18,9 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 from host_relay.detector_outputs import (
     GUEST_HANG,
     PROCESS_FAILURE,
+    AgentLost,
     DetectorCounters,
+    HangHeld,
     Ignored,
     IncidentClosed,
     LateDeadline,
@@ -32,7 +34,7 @@ from host_relay.detector_record import Incident
 from iim_protocol.messages import MAX_CHECKS, Goodbye
 
 if TYPE_CHECKING:
-    from host_relay.detector_inputs import CheckEvent, Contact, PauseEvent
+    from host_relay.detector_inputs import CheckEvent, Contact, PauseEvent, WitnessEvent
 
 #: Longest reason put into a notification or output (characters).
 MAX_REASON_CHARS = 255
@@ -50,6 +52,7 @@ class State(enum.Enum):
     COOLDOWN = "cooldown"  # Masakari was notified and is recovering: nothing notifies
     FAILED = "failed"  # an incident is open and nobody recovers it: waits for it to end
     DEPARTED = "departed"  # the agent said goodbye: silence expected until it speaks again
+    AGENT_LOST = "agent_lost"  # silent, but a witness shows the guest runs: the hang is held
 
 
 class DomainState(enum.Enum):
@@ -101,6 +104,13 @@ class Facts:
     incident: Optional[Incident] = None
     cooldown_until: Optional[float] = None
     notified_at: collections.deque = dataclasses.field(default_factory=collections.deque)
+    # The host's witnesses: the last decision's witness, the agent's loss (durable),
+    # the host-wide silence guard's hold (host_relay.silence_guard) and a hang it holds.
+    witness: Optional[str] = None
+    witness_detail: str = ""
+    agent_lost_since: Optional[float] = None
+    hang_hold: str = ""  # why the guard holds hangs now; "" when it does not
+    held_hang: Optional[float] = None  # the deadline of a hang the guard holds
 
 
 Handler = Callable[[Facts, float, Any], None]
@@ -136,6 +146,7 @@ def enter(f: Facts, state: State, why: str, at: float) -> None:
 def fresh_timer(f: Facts, at: float, ev: Any = None) -> None:
     f.base = max(f.base, at)
     f.hold_until = NEG_INF
+    f.held_hang = None
 
 
 def heard(f: Facts, at: float, seq: Optional[int] = None) -> None:
@@ -144,6 +155,7 @@ def heard(f: Facts, at: float, seq: Optional[int] = None) -> None:
     if seq is not None:
         f.last_seq = seq
     fresh_timer(f, at)
+    f.agent_lost_since, f.witness, f.witness_detail = None, None, ""
     if f.incident is not None and f.incident.kind == GUEST_HANG:
         close_incident(f, "the guest speaks again", at)
 
@@ -348,6 +360,7 @@ def on_domain_stop(f: Facts, at: float, ev: None) -> None:
     """This incarnation is over: only the next agent start arms again.  The guest's
     pause ends with it; the host's holds (the operator may be restarting the guest)."""
     f.armed, f.interval = False, None
+    f.agent_lost_since, f.held_hang = None, None
     clear_pause(f, at, "domain_stop")
 
 
@@ -359,9 +372,68 @@ def on_hang(f: Facts, at: float, ev: None) -> None:
         f.counters.late_deadlines += 1
         emit(f, LateDeadline(late, f.hold_until, at))
         return
-    reason = (f"no heartbeat for {at - f.base:.1f}s "
-              f"(interval {f.interval:.3g}s, {f.config.missed_heartbeats} missed)")
+    reason = hang_reason(f, at)
+    if f.hang_hold:  # the host-wide silence guard: this silence is likely the host's
+        f.held_hang = at
+        f.counters.suppressed["host_silence"] += 1
+        emit(f, HangHeld(reason, f.hang_hold, at))
+        return
     notify(f, GUEST_HANG, None, reason, at)
+
+
+def hang_reason(f: Facts, at: float) -> str:
+    lost = ("" if f.agent_lost_since is None
+            else f"; agent lost, the guest answered {f.witness or 'a witness'} before")
+    return (f"no heartbeat for {at - f.base:.1f}s "
+            f"(interval {f.interval or 0.0:.3g}s, {f.config.missed_heartbeats} missed{lost})")
+
+
+def on_hang_released(f: Facts, at: float, ev: None) -> None:
+    """The guard let go while this hang was held: notify it now (its own deadline passed)."""
+    held, f.held_hang = f.held_hang, None
+    if held is None:
+        return
+    notify(f, GUEST_HANG, None,
+           f"{hang_reason(f, held)}; held {at - held:.1f}s by the host-wide silence guard", at)
+
+
+def witnessed(f: Facts, outcome: str, ev: WitnessEvent) -> None:
+    f.witness, f.witness_detail = clean(ev.by, 32), clean(ev.detail)
+    f.counters.witness[f"{outcome}:{f.witness}"] += 1
+
+
+def on_confirmed_hang(f: Facts, at: float, ev: WitnessEvent) -> None:
+    """A witness confirms the hang: notify now, naming it; the guard never holds this."""
+    witnessed(f, "confirmed_hang", ev)
+    f.held_hang = None
+    silent = max(0.0, at - f.base)
+    notify(f, GUEST_HANG, None,
+           f"hang confirmed by {f.witness}: {f.witness_detail or 'no detail'} "
+           f"(no heartbeat for {silent:.1f}s)", at)
+
+
+def on_agent_lost(f: Facts, at: float, ev: WitnessEvent) -> None:
+    """The guest answers: hold the hang deadline for one detector window from now; notify
+    only if asked (``notify_lost_after``) once the loss lasted that long."""
+    assert f.interval is not None
+    witnessed(f, "agent_lost", ev)
+    first = f.state is not State.AGENT_LOST
+    if f.agent_lost_since is None:
+        f.agent_lost_since = f.last_heard if f.last_heard is not None else f.base
+    f.hold_until = max(f.hold_until, at + f.config.missed_heartbeats * f.interval)
+    f.held_hang = None
+    emit(f, AgentLost(f.witness or "", f.witness_detail, f.agent_lost_since, f.hold_until,
+                      first, at))
+    after = ev.notify_lost_after
+    if after is not None and at - f.agent_lost_since >= after:
+        notify(f, GUEST_HANG, None,
+               f"agent lost for {at - f.agent_lost_since:.0f}s while the guest answers "
+               f"{f.witness} (notify_on_agent_lost)", at, loud=f.incident is None)
+
+
+def on_no_witness(f: Facts, at: float, ev: WitnessEvent) -> None:
+    """No witness could tell: today's rule decides (a lease from an earlier answer runs out)."""
+    witnessed(f, "no_witness", ev)
 
 
 # ------------------------------------------------------------ guards
@@ -387,6 +459,12 @@ def watch(f: Facts, at: float) -> State:
     fresh_timer(f, at)
     on_pause_expired(f, at, None)
     return settle(f, at)
+
+
+def after_agent_lost(f: Facts, at: float) -> State:
+    """AGENT_LOST, unless the decision notified (notify_on_agent_lost)."""
+    state = after_notify(f, at)
+    return State.AGENT_LOST if state in (State.ARMED, State.SUSPECT) else state
 
 
 def after_notify(f: Facts, at: float) -> State:

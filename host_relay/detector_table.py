@@ -21,17 +21,22 @@ from host_relay.detector_rules import (
     Guard,
     Handler,
     State,
+    after_agent_lost,
     after_notify,
     fresh_timer,
+    on_agent_lost,
+    on_confirmed_hang,
     on_cooldown_expired,
     on_domain_stop,
     on_failure,
     on_goodbye,
     on_hang,
+    on_hang_released,
     on_heartbeat,
     on_hello,
     on_host_pause,
     on_host_resume,
+    on_no_witness,
     on_pause,
     on_pause_expired,
     on_recovered,
@@ -84,6 +89,10 @@ TABLE: dict[tuple[State, Input], Row] = {
     (S.ARMED, I.DOMAIN_STOP):        (on_domain_stop, S.UNKNOWN),
     (S.ARMED, I.LAST_INTERVAL):      (None, S.SUSPECT),
     (S.ARMED, I.HANG_DEADLINE):      (on_hang, after_notify),   # when min_uptime set the deadline
+    (S.ARMED, I.HANG_RELEASED):      (on_hang_released, after_notify),
+    (S.ARMED, I.WITNESS_HUNG):       (on_confirmed_hang, after_notify),  # a panic event
+    (S.ARMED, I.WITNESS_ALIVE):      (on_agent_lost, after_agent_lost),
+    (S.ARMED, I.WITNESS_UNKNOWN):    (on_no_witness, None),
     # --- SUSPECT: one interval from a hang ---------------------------------------
     (S.SUSPECT, I.START):            (on_start, watch),
     (S.SUSPECT, I.HELLO):            (on_hello, S.ARMED),
@@ -99,7 +108,31 @@ TABLE: dict[tuple[State, Input], Row] = {
     (S.SUSPECT, I.DOMAIN_UP):        (fresh_timer, S.ARMED),
     (S.SUSPECT, I.DOMAIN_HOLD):      (None, S.ARMED),
     (S.SUSPECT, I.DOMAIN_STOP):      (on_domain_stop, S.UNKNOWN),
-    (S.SUSPECT, I.HANG_DEADLINE):    (on_hang, after_notify),   # notifies guest_hang
+    (S.SUSPECT, I.HANG_DEADLINE):    (on_hang, after_notify),   # notifies guest_hang, or held
+    (S.SUSPECT, I.HANG_RELEASED):    (on_hang_released, after_notify),
+    (S.SUSPECT, I.WITNESS_HUNG):     (on_confirmed_hang, after_notify),
+    (S.SUSPECT, I.WITNESS_ALIVE):    (on_agent_lost, after_agent_lost),
+    (S.SUSPECT, I.WITNESS_UNKNOWN):  (on_no_witness, None),
+    # --- AGENT_LOST: silent, but the guest answers a witness (qemu-ga) ----------------
+    (S.AGENT_LOST, I.START):         (on_start, watch),
+    (S.AGENT_LOST, I.HELLO):         (on_hello, S.ARMED),       # the agent is back
+    (S.AGENT_LOST, I.HEARTBEAT):     (on_heartbeat, S.ARMED),
+    (S.AGENT_LOST, I.FAILURE):       (on_failure, after_notify),
+    (S.AGENT_LOST, I.RECOVERED):     (on_recovered, None),
+    (S.AGENT_LOST, I.GOODBYE):       (on_goodbye, S.DEPARTED),
+    (S.AGENT_LOST, I.PAUSE):         (on_pause, S.PAUSED),
+    (S.AGENT_LOST, I.HOST_PAUSE):    (on_host_pause, S.PAUSED),
+    (S.AGENT_LOST, I.HOST_RESUME):   (on_host_resume, None),
+    (S.AGENT_LOST, I.CONNECTED):     (fresh_timer, None),       # the witnesses decide again
+    (S.AGENT_LOST, I.CLOSED):        (None, None),
+    (S.AGENT_LOST, I.DOMAIN_UP):     (fresh_timer, None),
+    (S.AGENT_LOST, I.DOMAIN_HOLD):   (None, None),
+    (S.AGENT_LOST, I.DOMAIN_STOP):   (on_domain_stop, S.UNKNOWN),
+    (S.AGENT_LOST, I.HANG_DEADLINE): (on_hang, after_notify),   # no witness renewed the hold
+    (S.AGENT_LOST, I.HANG_RELEASED): (on_hang_released, after_notify),
+    (S.AGENT_LOST, I.WITNESS_HUNG):  (on_confirmed_hang, after_notify),  # qemu-ga stopped too
+    (S.AGENT_LOST, I.WITNESS_ALIVE): (on_agent_lost, after_agent_lost),  # holds it longer
+    (S.AGENT_LOST, I.WITNESS_UNKNOWN): (on_no_witness, None),   # the hold runs out
     # --- PAUSED: the guest's maintenance pause ----------------------------------
     (S.PAUSED, I.START):             (on_start, watch),         # the level that follows decides
     (S.PAUSED, I.HELLO):             (on_hello, None),          # does NOT cancel the pause
@@ -165,4 +198,4 @@ TABLE: dict[tuple[State, Input], Row] = {
 # fmt: on
 
 #: The states in which the detector watches the guest (ready to notify).
-WATCHING = frozenset({State.ARMED, State.SUSPECT, State.PAUSED})
+WATCHING = frozenset({State.ARMED, State.SUSPECT, State.AGENT_LOST, State.PAUSED})

@@ -43,6 +43,11 @@ class Instance:
     gone_since: Optional[float] = None  # no claim (monotonic), None while claimed
     # Guest-caused log lines: each kind once a minute, the rest counted (host_relay.log_budget).
     log_budget: LogBudget = dataclasses.field(default_factory=LogBudget)
+    # The witnesses (host_relay.silence_watch): when to ask and what their verdict meant.
+    judge: Any = None  # a witness_decision.SilenceJudge, made when it first goes silent
+    # Detector outputs held while the evidence of a hang is kept (a few seconds at
+    # most), written in order after it: None when nothing is held.
+    held_outputs: Optional[list] = None
 
     def wanted(self) -> Optional[tuple[str, str]]:
         """(path, origin) of the channel to read, from the winning claim."""

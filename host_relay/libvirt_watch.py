@@ -136,6 +136,7 @@ class DomainWatcher:
         self.next_retry_at: Optional[float] = None
         self.stale_removed: list[str] = []
         self._conn: Any = None
+        self.witnesses: Any = None  # host_relay.witness_service.Witnesses, set by the relay
         self._pending: set[str] = set()
         self._wake: Optional[asyncio.Event] = None
         self._closed: Optional[asyncio.Future] = None
@@ -204,6 +205,9 @@ class DomainWatcher:
                     LOG.info("libvirt: event %d not available: %s", event_id, exc)
             with contextlib.suppress(libvirt.libvirtError):  # the test driver has none
                 conn.setKeepAlive(KEEPALIVE_INTERVAL, KEEPALIVE_COUNT)
+            if self.witnesses is not None:
+                # libvirt tracks one lifecycle callback per connection: ours forwards it.
+                self.witnesses.attach(conn, libvirt, lifecycle=False)
             self._conn = conn
             self.connected = True
             self.connects += 1
@@ -223,6 +227,8 @@ class DomainWatcher:
                         self.settings.connection_uri, closed.result())
         finally:
             self._conn = None
+            if self.witnesses is not None:
+                self.witnesses.detach(conn, libvirt)
             for cb_id in callbacks:
                 with contextlib.suppress(libvirt.libvirtError):
                     conn.domainEventDeregisterAny(cb_id)
@@ -247,7 +253,9 @@ class DomainWatcher:
         if self._wake is not None:
             self._wake.set()
 
-    def _on_lifecycle(self, _conn: Any, dom: Any, event: int, detail: int, _opaque: Any) -> None:
+    def _on_lifecycle(self, conn: Any, dom: Any, event: int, detail: int, opaque: Any) -> None:
+        if self.witnesses is not None:  # first: a panic is decided before the state changes
+            self.witnesses.on_lifecycle(conn, dom, event, detail, opaque)
         try:
             uuid = dom.UUIDString()
             LOG.debug("libvirt: domain %s event %d detail %d", uuid, event, detail)
@@ -489,6 +497,11 @@ class DomainWatcher:
             LOG.exception("Relay failed in %s%r", method, args)
 
     # -- status ----------------------------------------------------------------
+
+    @property
+    def conn(self) -> Any:
+        """The current libvirt connection, None between connections."""
+        return self._conn
 
     def snapshot(self) -> dict[str, dict[str, Any]]:
         """Per domain UUID: name, state, origin, path, problem/reason/fix, attach attempts."""

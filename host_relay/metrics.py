@@ -44,8 +44,14 @@ import iim_protocol
 from host_relay.backoff import Backoff, BackoffPolicy, retry
 from host_relay.channel import STATE_CONNECTED
 from host_relay.detector import State
+from host_relay.witnesses import GUEST_AGENT, IO_ERROR, PANIC, PROGRESS, WATCHDOG
 
 LOG = logging.getLogger(__name__)
+
+#: The witness decisions served even before any was made (a fixed set of series).
+WITNESS_SERIES = dict.fromkeys(
+    [f"confirmed_hang:{w}" for w in (PANIC, WATCHDOG, IO_ERROR, GUEST_AGENT, PROGRESS)]
+    + [f"agent_lost:{GUEST_AGENT}", "no_witness:none"], 0)
 
 # The loop answers a reading in milliseconds; one that takes this long is stalled.
 READ_TIMEOUT = 5.0
@@ -87,6 +93,7 @@ class Reading:
     restarts: dict[str, int]  # by part, every channel counted as "channel"
     detectors: dict[str, dict[str, int]]  # notified/suppressed/ignored, by kind
     store: Any  # host_relay.store.WriterStatus
+    guard: Any = None  # host_relay.silence_guard.GuardStatus, None without witnesses
 
 
 def reading_from(status: Any) -> Reading:
@@ -120,8 +127,10 @@ def reading_from(status: Any) -> Reading:
     restarts: collections.Counter[str] = collections.Counter()
     for part, count in status.restarts.items():
         restarts["channel" if part.startswith("channel ") else part] += count
+    guard = getattr(status, "silence_guard", None)
     return Reading(status.host, instances, dict(rejected), throttled, dict(status.sender),
-                   outbox, dict(restarts), status.detectors, status.store)
+                   outbox, dict(restarts), status.detectors, status.store,
+                   guard if hasattr(guard, "engaged") else None)
 
 
 async def read_relay(relay: Any) -> Reading:
@@ -158,7 +167,7 @@ def _instance_families(r: Reading) -> Iterator[Metric]:
     state = GaugeMetricFamily(
         "iim_relay_instance_state",
         "Detector state of each instance: 1 on the series of its current state "
-        "(unknown, armed, suspect, failed, cooldown, paused, departed).",
+        "(unknown, armed, suspect, agent_lost, failed, cooldown, paused, departed).",
         labels=["instance_uuid", "state"])
     connected = GaugeMetricFamily(
         "iim_relay_channel_connected",
@@ -271,6 +280,25 @@ def _detector_families(r: Reading) -> Iterator[Metric]:
         for value, count in sorted((r.detectors.get(key) or {}).items()):
             family.add_metric([str(value)], count)
         yield family
+    decisions = CounterMetricFamily(
+        "iim_relay_witness_decisions", "What the host's witnesses decided about silent "
+        "instances, by outcome (confirmed_hang, agent_lost, no_witness) and the witness that "
+        "decided (panic, watchdog, io_error, guest_agent, progress; none), summed over the "
+        "instances the relay has now.", labels=["outcome", "witness"])
+    counts = collections.Counter(WITNESS_SERIES)
+    counts.update(r.detectors.get("witness") or {})
+    for key, count in sorted(counts.items()):
+        outcome, _, witness = key.partition(":")
+        decisions.add_metric([outcome, witness], count)
+    yield decisions
+    g = r.guard
+    yield GaugeMetricFamily(
+        "iim_relay_silence_guard_engaged", "1 while the host-wide silence guard holds hang "
+        "notifications (many instances silent at once: the host or the relay is the likely "
+        "cause); 0 otherwise or without witnesses.", value=1 if g is not None and g.engaged else 0)
+    yield GaugeMetricFamily(
+        "iim_relay_hangs_held", "Hang notifications the silence guard holds now (released on "
+        "their own witness or when the guard lets go).", value=g.held if g is not None else 0)
 
 
 def _store_families(store: Any) -> Iterator[Metric]:

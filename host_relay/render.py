@@ -21,6 +21,8 @@ import time
 from typing import Any, Callable, Optional
 
 from host_relay.detector import (
+    AgentLost,
+    HangHeld,
     Ignored,
     IncidentClosed,
     LateDeadline,
@@ -83,6 +85,16 @@ def render(uuid: str, outputs: Any, budget: LogBudget,
                     LOG.info(*message, extra=extra)
                 else:
                     budget.log(LOG, logging.INFO, "pause", now, *message, extra=extra)
+        elif isinstance(out, AgentLost):
+            LOG.log(logging.WARNING if out.first else logging.DEBUG,
+                    "Instance %s: agent lost: silent for %.1fs but the guest answers %s (%s); "
+                    "not a VM failure, no notification (hang detection held %.1fs unless "
+                    "confirmed again)", uuid, max(0.0, out.at - out.since), out.by, out.detail,
+                    max(0.0, out.hold_until - out.at), extra=extra)
+        elif isinstance(out, HangHeld):
+            LOG.warning("Instance %s: guest_hang (%s) held by the host-wide silence guard (%s); "
+                        "released by its own witness or when the silence clears", uuid,
+                        out.reason, out.why, extra=extra)
         elif isinstance(out, IncidentClosed):
             budget.log(LOG, logging.INFO, f"incident_over:{out.kind}", now,
                        "Instance %s: %s incident over: %s", uuid, out.kind, out.why, extra=extra)

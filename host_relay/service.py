@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import time
 from typing import Any, Callable, Optional
@@ -31,6 +32,7 @@ from host_relay import fallback, render, status
 from host_relay.budget import DecodeBudget
 from host_relay.channel import ChannelConnection
 from host_relay.control import ControlServer
+from host_relay.detector_outputs import GUEST_HANG, Notify
 from host_relay.discovery import Discovery
 from host_relay.domains import ORIGIN_SOCKET_DIR
 from host_relay.instances import SOURCE_LIBVIRT, SOURCE_SOCKET_DIR, Instance, InstanceTable
@@ -47,6 +49,9 @@ _MAX_REQUEUE = 1000  # entries per requeue request: one answer line stays small
 _FORGET_DETECTOR_AFTER = 3600.0  # without a notification window in the detector config
 _FORGET_EVERY = 60.0  # seconds between sweeps of instances gone long enough
 _FLUSH_TIMEOUT = 5.0  # shutdown: pending writes get this long
+#: A hang notification waits this long at most for its evidence (screenshot, console
+#: tail, off the loop); then it is written without it and the evidence comes later.
+EVIDENCE_WAIT = 3.0
 
 
 class Relay:
@@ -98,6 +103,10 @@ class Relay:
         self._supervisor = Supervisor(clock)
         self._discovery: Optional[Discovery] = None
         self._libvirt: Any = None
+        # The host's witnesses for silent instances (issue 12), with libvirt only.
+        self.witnesses: Any = None  # host_relay.witness_service.Witnesses
+        self._silence: Any = None  # host_relay.silence_watch.SilenceWatch
+        self._evidence_tasks: set[asyncio.Task] = set()
         self.socket_dir_problem: Optional[str] = None
         self._control = ControlServer(settings.control_socket, self.handle_request)
         self._maintenance = Maintenance(  # pause/resume/status INSTANCE (host_relay.maintenance)
@@ -223,6 +232,8 @@ class Relay:
     def _forget(self, now: float) -> None:
         for inst in self.instances.expired(now):
             self.writer.forget(inst.uuid)
+            if self.witnesses is not None:
+                self.witnesses.forget(inst.uuid)
 
     async def _shutdown(self) -> None:
         self.stopping = True
@@ -231,6 +242,11 @@ class Relay:
         sup = self._supervisor
         LOG.info("Shutdown 1/6: stopping discovery")
         await sup.stop("discovery")
+        await sup.stop("silence")
+        await sup.stop("witnesses")
+        if self._silence is not None:
+            await self._silence.close()
+        await self._release_held_outputs()
         await sup.stop("libvirt")
         await sup.stop("forget")
         channels = list(self.instances.connected())
@@ -273,6 +289,8 @@ class Relay:
         except Exception:  # noqa: BLE001 - shutdown goes on; the rows are committed
             LOG.exception("Closing the outbox failed")
         self._ops.close()
+        if self.witnesses is not None:
+            self.witnesses.close()
         LOG.info("iim-relay stopped")
 
     def _start_libvirt(self) -> None:
@@ -283,7 +301,34 @@ class Relay:
         self.socket_dir_problem = socket_dir.prepare(
             s.channels.socket_dir, s.libvirt.socket_owner, s.libvirt.socket_group)
         self._libvirt = DomainWatcher(s.libvirt, s.channels.socket_dir, self, self._clock)
+        if s.witnesses.enabled:
+            self._start_witnesses()
         self._supervisor.spawn("libvirt", self._libvirt.run)
+
+    def _start_witnesses(self) -> None:
+        from host_relay.silence_watch import SilenceWatch
+        from host_relay.witness_service import Witnesses
+
+        s = self.settings
+        self.witnesses = Witnesses(s.witnesses, os.path.join(s.state_path, "evidence"),
+                                   clock=self._clock)
+        self._silence = SilenceWatch(self, self.witnesses, clock=self._clock)
+        self._libvirt.witnesses = self.witnesses  # attached on every (re)connect
+        watcher = self._libvirt
+        self._supervisor.spawn("witnesses",
+                               lambda: self.witnesses.progress_loop(lambda: watcher.conn))
+        self._supervisor.spawn("silence", self._silence.run)
+
+    async def libvirt_domain(self, uuid: str) -> Any:
+        """``uuid``'s libvirt domain handle (looked up off the loop), or None."""
+        conn = self._libvirt.conn if self._libvirt is not None else None
+        if conn is None or self.witnesses is None:
+            return None
+        try:
+            return await self.witnesses.reader.run(conn.lookupByUUIDString, uuid)
+        except Exception as exc:  # noqa: BLE001 - libvirtError: gone, or libvirtd trouble
+            LOG.debug("Instance %s: no libvirt domain for the witnesses: %s", uuid, exc)
+            return None
 
     # -- channels: claims from discovery and libvirt ------------------------
 
@@ -357,6 +402,9 @@ class Relay:
                 LOG.info("Instance %s: detector restored from its stored state (%s)", inst.uuid,
                          inst.detector.state.value)
             inst.restored = None
+            hold = self._silence.hold_reason() if self._silence is not None else ""
+            if hold:  # the host-wide silence guard holds hangs now: this one's too
+                self.carry_out(inst, inst.detector.host_hold(hold, now))
         return inst.detector
 
     async def _restart(self, name: str, inst: Instance, conn: ChannelConnection) -> None:
@@ -374,8 +422,75 @@ class Relay:
     # -- detector outputs ---------------------------------------------------
 
     def carry_out(self, inst: Instance, outputs: list) -> None:
-        """Render a detector call's outputs; write its notifications with its record."""
+        """Render a detector call's outputs; write its notifications with its record.
+
+        A hang notification waits for its evidence (host_relay.witness_service:
+        screenshot, console tail) at most EVIDENCE_WAIT; outputs that come
+        meanwhile wait behind it, so records are written in order."""
+        if inst.held_outputs is not None:
+            inst.held_outputs.append(outputs)
+            return
+        if self.witnesses is not None and not self.stopping and any(
+                isinstance(o, Notify) and o.kind == GUEST_HANG for o in outputs or ()):
+            inst.held_outputs = [outputs]
+            task = asyncio.get_running_loop().create_task(self._evidence_first(inst))
+            self._evidence_tasks.add(task)
+            task.add_done_callback(self._evidence_tasks.discard)
+            return
         self._outputs(inst.uuid, inst.log_budget, outputs)
+
+    def detector_call(self, inst: Instance, call: Callable[[float], list]) -> None:
+        """``call(now)`` on the instance's detector; its outputs carried out, its timer set."""
+        if inst.conn is not None:
+            inst.conn.detector_call(call)
+        else:
+            self.carry_out(inst, call(self._clock()))
+
+    async def _keep_evidence(self, uuid: str) -> Any:
+        conn = self._libvirt.conn if self._libvirt is not None else None
+        dom = await self.libvirt_domain(uuid)
+        if conn is None or dom is None:
+            return None
+        return await self.witnesses.keep_evidence(conn, dom, uuid)
+
+    async def _evidence_first(self, inst: Instance) -> None:
+        extra = {"instance_uuid": inst.uuid}
+        try:
+            # The lookup and the evidence share one bound (the reader pool may be busy
+            # with pings): the notification never waits longer than EVIDENCE_WAIT.
+            keep = asyncio.ensure_future(self._keep_evidence(inst.uuid))
+            try:
+                evidence = await asyncio.wait_for(asyncio.shield(keep), EVIDENCE_WAIT)
+            except asyncio.TimeoutError:
+                LOG.warning("Instance %s: keeping the evidence takes over %.0fs; the hang is "
+                            "notified without waiting for it", inst.uuid, EVIDENCE_WAIT,
+                            extra=extra)
+                return
+            if evidence is None:
+                LOG.warning("Instance %s: no evidence kept for the hang (libvirt has no domain "
+                            "or no connection)", inst.uuid, extra=extra)
+                return
+            LOG.warning("Instance %s: evidence of the hang kept in %s (%s)%s", inst.uuid,
+                        evidence.path, ", ".join(evidence.files) or "no files",
+                        "; " + "; ".join(evidence.problems) if evidence.problems else "",
+                        extra=extra)
+        except Exception:  # noqa: BLE001 - evidence never stops the notification
+            LOG.exception("Instance %s: keeping the evidence failed", inst.uuid, extra=extra)
+        finally:
+            self._write_held(inst)
+
+    def _write_held(self, inst: Instance) -> None:
+        held, inst.held_outputs = inst.held_outputs, None
+        for outputs in held or ():
+            self._outputs(inst.uuid, inst.log_budget, outputs)
+
+    async def _release_held_outputs(self) -> None:
+        """Shutdown: give evidence its bound, then write whatever still waits."""
+        if self._evidence_tasks:
+            await asyncio.wait(list(self._evidence_tasks), timeout=EVIDENCE_WAIT + 1.0)
+        for inst in self.instances:
+            if inst.held_outputs is not None:
+                self._write_held(inst)
 
     # -- control requests -----------------------------------------------------
 

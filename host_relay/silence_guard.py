@@ -81,6 +81,9 @@ class SilenceGuard:
 
     # -- the decision -------------------------------------------------------------------------
 
+    def is_silent(self, uuid: str) -> bool:
+        return uuid in self._silent
+
     @property
     def engaged(self) -> bool:
         return self._engaged_at is not None

@@ -64,6 +64,8 @@ class InstanceStatus:
     fix: Optional[str] = None
     # Guest-caused log lines held back by the log budget, by kind (host_relay.log_budget).
     log_suppressed: dict[str, int] = dataclasses.field(default_factory=dict)
+    # host_relay.witness_service.WitnessStatus: last evidence event, verdict, evidence kept
+    witnesses: Any = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,6 +104,9 @@ class RelayStatus:
     store: Any  # host_relay.store.WriterStatus
     restarts: dict[str, int]
     detectors: dict[str, dict[str, int]]  # counters summed over instances, by kind
+    # host_relay.silence_guard.GuardStatus; None without witnesses (no libvirt, disabled)
+    silence_guard: Any = None
+    witnesses: dict[str, Any] = dataclasses.field(default_factory=dict)  # counters, stats
 
 
 def _plain(value: Any) -> Any:
@@ -214,11 +219,13 @@ async def build(relay: Any) -> RelayStatus:
     instances: dict[str, InstanceStatus] = {}
     totals: dict[str, collections.Counter] = {
         "notified": collections.Counter(), "suppressed": collections.Counter(),
-        "ignored": collections.Counter()}
+        "ignored": collections.Counter(), "witness": collections.Counter()}
+    witnesses = getattr(relay, "witnesses", None)
     for inst in sorted(relay.instances, key=lambda i: i.uuid):
         if inst.conn is None and inst.detector is None and inst.uuid not in domains:
             continue  # a stored record waiting for its instance
-        instances[inst.uuid] = _instance(inst, now, wall, latest, domains.get(inst.uuid))
+        instances[inst.uuid] = _instance(inst, now, wall, latest, domains.get(inst.uuid),
+                                         witnesses)
         if inst.detector is not None:
             counters = inst.detector.counters
             for kind, counter in totals.items():
@@ -244,7 +251,18 @@ async def build(relay: Any) -> RelayStatus:
         store=relay.writer.status(),
         restarts=relay.restarts,
         detectors={k: dict(v) for k, v in totals.items()},
+        silence_guard=(_guard(witnesses, instances.values()) if witnesses is not None
+                       else None),
+        witnesses=({"counters": dict(witnesses.counters),
+                    "bulk_stats": witnesses.stats_available} if witnesses is not None else {}),
     )
+
+
+def _guard(witnesses: Any, instances: Any) -> Any:
+    """The silence guard's status, with the hangs the detectors hold now (the guard
+    decides when to hold; each detector holds its own)."""
+    held = sum(1 for i in instances if getattr(i.detector, "hang_held", None))
+    return dataclasses.replace(witnesses.guard.status(), held=held)
 
 
 @dataclasses.dataclass
@@ -259,7 +277,7 @@ class _Bare:
 
 
 def _instance(inst: Any, now: float, wall: float, latest: dict,
-              domain: Optional[dict]) -> InstanceStatus:
+              domain: Optional[dict], witnesses: Any = None) -> InstanceStatus:
     conn = inst.conn
     det = safe(lambda: inst.detector.status(now)) if inst.detector is not None else None
     entry = latest.get(inst.uuid)
@@ -295,4 +313,5 @@ def _instance(inst: Any, now: float, wall: float, latest: dict,
         reason=domain.get("reason") if domain else None,
         fix=domain.get("fix") if domain else None,
         log_suppressed=dict(inst.log_budget.suppressed) if inst.log_budget else {},
+        witnesses=safe(lambda: witnesses.status(inst.uuid)) if witnesses is not None else None,
     )

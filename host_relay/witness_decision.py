@@ -111,6 +111,11 @@ class SilenceJudge:
         return self._last
 
     @property
+    def silent_since(self) -> Optional[float]:
+        """The silence the judge follows (set when it is first due), or None."""
+        return self._silent_since
+
+    @property
     def last(self) -> Optional[Decision]:
         return self._last
 

@@ -77,16 +77,24 @@ class Witnesses:
         self.counters: collections.Counter[str] = collections.Counter()
         self.stats_available: Optional[bool] = None  # None until the first bulk read
         self._callbacks: list[int] = []
+        # Called on the loop with (uuid, EventEvidence) for each evidence event (the relay's
+        # panic fast path, host_relay.silence_watch).
+        self.on_event: Optional[Callable[[str, EventEvidence], None]] = None
 
     # -- libvirt events (called on the loop by libvirtaio) ------------------------------------
 
-    def attach(self, conn: Any, libvirt: Any) -> None:
-        """Register the evidence events on ``conn`` (after every connect)."""
+    def attach(self, conn: Any, libvirt: Any, *, lifecycle: bool = True) -> None:
+        """Register the evidence events on ``conn`` (after every connect).
+
+        ``lifecycle=False``: the caller already has libvirt's lifecycle callback on
+        this connection (libvirt refuses a second one) and forwards it to
+        :meth:`on_lifecycle`."""
         events = [
-            (libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._on_lifecycle),
             (libvirt.VIR_DOMAIN_EVENT_ID_WATCHDOG, self._on_watchdog),
             (libvirt.VIR_DOMAIN_EVENT_ID_IO_ERROR_REASON, self._on_io_error),
         ]
+        if lifecycle:
+            events.insert(0, (libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self.on_lifecycle))
         for event_id, handler in events:
             try:
                 self._callbacks.append(conn.domainEventRegisterAny(None, event_id, handler, None))
@@ -106,8 +114,10 @@ class Witnesses:
         self._seen.setdefault(uuid, _Seen()).event = evidence
         self.counters[f"event:{evidence.by}"] += 1
         LOG.warning("instance %s: libvirt reports %s (%s)", uuid, evidence.by, evidence.detail)
+        if self.on_event is not None:
+            self.on_event(uuid, evidence)
 
-    def _on_lifecycle(self, _conn: Any, dom: Any, event: int, detail: int, _opaque: Any) -> None:
+    def on_lifecycle(self, _conn: Any, dom: Any, event: int, detail: int, _opaque: Any) -> None:
         with _logged("a lifecycle event"):
             self._record(dom, event_evidence("lifecycle", self.clock(), event=event,
                                              detail=detail))

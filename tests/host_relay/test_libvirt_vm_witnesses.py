@@ -102,6 +102,11 @@ def agent(dom, command: str, arguments: dict | None = None, timeout: int = 5) ->
     return json.loads(libvirt_qemu.qemuAgentCommand(dom, json.dumps(msg), timeout, 0))
 
 
+def guest_spawn(dom, script: str) -> int:
+    """Start ``script`` in the guest through qemu-ga's guest-exec; its pid, not waited for."""
+    return agent(dom, "guest-exec", {"path": "/bin/sh", "arg": ["-c", script]})["return"]["pid"]
+
+
 def guest_sh(dom, script: str) -> str:
     """Run ``script`` in the guest through qemu-ga's guest-exec; its stdout."""
     pid = agent(dom, "guest-exec", {"path": "/bin/sh", "arg": ["-c", script],
@@ -184,8 +189,10 @@ def test_qemu_ga_answers_a_running_guest_and_times_out_after_a_kernel_panic(
 
         # qemu-ga stopped in a running guest (masakari-monitors reports this as a failure):
         # libvirt sees the port closed, so the witness says "unknown", never "hung".
-        guest_sh(dom, "systemd-run --no-block sh -c 'systemctl stop qemu-guest-agent; "
-                      "sleep 8; systemctl start qemu-guest-agent'")
+        # Started, not waited for: qemu-ga stops a second later, and asking it for the
+        # command's exit status then would race with its own stop.
+        guest_spawn(dom, "systemd-run --no-block sh -c 'sleep 1; systemctl stop "
+                         "qemu-guest-agent; sleep 8; systemctl start qemu-guest-agent'")
         deadline = time.monotonic() + 30
         while (stopped := ping_agent(dom, PING_TIMEOUT)).outcome is PingOutcome.ANSWERED:
             assert time.monotonic() < deadline, "qemu-ga kept answering"
