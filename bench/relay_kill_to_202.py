@@ -14,7 +14,8 @@ their check ok, they are killed one by one, ``--gap`` s apart (nothing else
 of the bench runs during a kill but a 5 ms poll of the outbox).  For each:
 
     t0        = time.time() right before os.kill(pid, SIGKILL)
-    queued    = outbox row's created_at - t0  (stamped just before the fsync'ed commit)
+    queued    = outbox row's created_at - t0  (the detector's decision; since core v2
+                the writer thread commits it after that, inside the 202 figure)
     202       = outbox row's finished_at - t0 (the relay recorded masakari-api's 202)
 
 Every notification is then looked up in masakari's GET /v1/notifications.

@@ -12,7 +12,7 @@ masakari-api (sqlite, noauth2, notification_delay_max = 0).
    heartbeats it decoded (status before/after) against what was sent.
 3. Crash detection under that load: a failure frame on ``--failures``
    distinct random instances, ~1 s apart.  Latency = outbox created_at
-   (queued; stamped just before the fsync'ed commit) minus the simulator's
+   (the detector's decision; the commit follows in the writer thread) minus the simulator's
    time.time() right before it wrote the frame, and finished_at (the relay
    recorded the 202) minus the same.  All on this machine's wall clock.
 4. The same with one instance (``--baseline``, on by default): a fresh
