@@ -234,7 +234,10 @@ def request(path: str, payload: dict[str, Any], timeout: float = 5.0) -> dict[st
                     f"no iim-agent is running (control socket {path}: not a socket)"
                 ) from None
             raise ControlError(f"cannot use control socket {path}: {exc}") from None
-        sock.sendall((json.dumps(payload) + "\n").encode("utf-8"))
+        try:
+            sock.sendall((json.dumps(payload) + "\n").encode("utf-8"))
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # it answered (a refusal) and closed before reading: the answer is queued
         data = bytearray()
         while b"\n" not in data:
             chunk = sock.recv(65536)

@@ -158,7 +158,10 @@ def request(path: str, payload: dict[str, Any], timeout: float = _CLIENT_TIMEOUT
             ) from None
         except OSError as exc:
             raise ControlError(f"cannot reach iim-relay at {path}: {exc.strerror or exc}") from None
-        sock.sendall(json.dumps(payload).encode() + b"\n")
+        try:
+            sock.sendall(json.dumps(payload).encode() + b"\n")
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # it answered (a refusal) and closed before reading: the answer is queued
         chunks = []
         while True:
             data = sock.recv(65536)

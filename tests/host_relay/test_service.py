@@ -269,3 +269,30 @@ def test_supervisor_restarts_a_crashed_part() -> None:
         assert not sup.running("part")
 
     asyncio.run(main())
+
+
+def test_a_refusal_sent_before_the_request_is_read_reaches_the_client(tmp_path) -> None:
+    """The relay answers a refused peer without reading its request and closes: the
+    client's send then fails (EPIPE), and the answer waiting in its buffer must win."""
+    import socket
+    import threading
+
+    path = str(tmp_path / "c.sock")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(path)
+    server.listen()
+
+    def refuse() -> None:
+        peer, _ = server.accept()
+        peer.sendall(b'{"error": "permission denied"}\n')
+        peer.close()
+
+    thread = threading.Thread(target=refuse, daemon=True)
+    thread.start()
+    try:
+        # Larger than the socket buffers, so the send cannot finish before the close.
+        with pytest.raises(control.ControlError, match="permission denied"):
+            control.request(path, {"cmd": "status", "pad": "x" * (4 << 20)}, 5.0)
+    finally:
+        thread.join(5)
+        server.close()
