@@ -180,7 +180,9 @@ class _Progress:
     sample: ProgressSample
     at: float
     vcpu_moved_at: float  # the last reading in which the vCPUs used time (or the first one)
-    io_moved_at: float  # the last reading in which block or network counters moved (-inf: never)
+    # The reading before the last one in which block or network counters moved: that I/O
+    # happened after it, not necessarily after anything earlier (-inf: never moved).
+    io_after: float
 
 
 class ProgressTracker:
@@ -209,18 +211,24 @@ class ProgressTracker:
                 prev.vcpu_moved_at = now
             if _moved(prev.sample.block_ops, sample.block_ops) or _moved(
                     prev.sample.net_packets, sample.net_packets):
-                prev.io_moved_at = now
+                prev.io_after = prev.at
             prev.sample, prev.at = sample, now
 
     def forget(self, uuid: str) -> None:
         self._last.pop(uuid, None)
 
     def io_since(self, uuid: str, since: float) -> Optional[bool]:
-        """Whether disk or network I/O moved after ``since`` (None: no readings covering it)."""
+        """Whether the guest did disk or network I/O after ``since`` (None: no reading since).
+
+        Only counters that moved between two readings both taken at or after
+        ``since`` count: a reading that spans the moment the guest went silent
+        cannot tell I/O done before it (a panicked guest's last journal write)
+        from I/O done after.
+        """
         p = self._last.get(uuid)
         if p is None or p.at <= since:
             return None
-        return p.io_moved_at > since
+        return p.io_after >= since
 
     def verdict(self, uuid: str, silent_since: float, now: float) -> Verdict:
         p = self._last.get(uuid)

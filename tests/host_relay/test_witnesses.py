@@ -118,6 +118,24 @@ def test_progress_frozen_vcpus_confirm_a_hang_moving_ones_do_not():
     assert t2.verdict(U, 1.0, 20.0) == Unknown("no bulk stats for this domain")
 
 
+def test_io_from_before_the_silence_is_not_a_sign_of_life():
+    # Measured on a Debian guest: readings 5 s apart, the last write (journald) a moment
+    # before the kernel panicked, the guest-ping timing out 4.5 s into the silence.  The
+    # reading after the panic spans it: its moved counters say nothing of after.
+    t = ProgressTracker(vcpu_stall=10.0)
+    t.feed({U: ProgressSample.from_stats(stats(100, rd=1))}, 0.0)
+    t.feed({U: ProgressSample.from_stats(stats(200, rd=2))}, 5.0)  # I/O somewhere in 0-5
+    assert t.io_since(U, 3.0) is False
+    timed_out = PingReading(PingOutcome.TIMED_OUT, 2.0, "guest agent timeout")
+    verdict = combine(event=None, ping=timed_out, progress=t.verdict(U, 3.0, 7.5),
+                      io_moved=t.io_since(U, 3.0), silent_since=3.0)
+    assert isinstance(verdict, Hung) and verdict.by == "guest_agent", verdict
+    # I/O between two readings both after the silence began is the guest's own.
+    t.feed({U: ProgressSample.from_stats(stats(300, rd=3))}, 10.0)
+    assert t.io_since(U, 3.0) is True
+    assert t.io_since(U, 6.0) is False  # moved somewhere in 5-10: maybe before 6
+
+
 def test_combine_orders_witnesses_and_names_the_one_that_decided():
     answered = PingReading(PingOutcome.ANSWERED, 0.1)
     timed_out = PingReading(PingOutcome.TIMED_OUT, 2.0)
