@@ -36,7 +36,6 @@ with masakari-monitors 22.0.0 and libvirt-python.
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import os
 import shutil
@@ -54,13 +53,21 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import libvirt  # noqa: E402
-import libvirt_qemu  # noqa: E402
 
 from devtools.masakari_server import start_server  # noqa: E402
-from devtools.vm_image import ensure_base, make_disk  # noqa: E402
+from devtools.vm_image import ensure_base  # noqa: E402
 from tests.host_relay.libvirt_fixture import start_daemon, stop_daemon  # noqa: E402
 from tests.host_relay.test_libvirt_relay import RelayProcess  # noqa: E402
-from tests.host_relay.test_libvirt_vm_witnesses import nova_domain_xml  # noqa: E402
+from tests.host_relay.vm_guest import (  # noqa: E402
+    BOOT_TIMEOUT,
+    DEMO_CMDLINE,
+    guest_sh,
+    guest_spawn,
+    nova_domain_xml,
+    pings,
+    prepare,
+    wait_console,
+)
 
 SCENARIOS = ("app_kill", "panic", "iim_agent_kill", "qga_stop")
 EXPECTED = {  # what a monitor that keeps both promises does
@@ -69,42 +76,10 @@ EXPECTED = {  # what a monitor that keeps both promises does
     "iim_agent_kill": "nobody notifies (the guest runs)",
     "qga_stop": "nobody notifies (the guest runs)",
 }
-BOOT_TIMEOUT = 300.0
 ARM_TIMEOUT = 180.0
 PEER_SETTLE = 25.0  # two of the peer's 10 s pings answered before the event
 MM_VENV = Path(os.environ.get("IIM_MM_VENV") or os.path.expanduser(
     "~/.cache/iim/masakari-monitors-venv"))
-DEMO_UNIT = b"""[Unit]
-Description=the application iim-agent watches (a copy of sleep)
-[Service]
-ExecStart=/usr/local/bin/iim-demo-app 100000
-"""
-AGENT_YAML = b"""heartbeat_interval: 1s
-checks:
-  - name: demo
-    process: iim-demo-app
-"""  # the check's default grace (3 s), as the issue's earlier measurement used
-
-
-def agent_cmd(dom, command: str, arguments: Optional[dict] = None, timeout: int = 10) -> dict:
-    msg = {"execute": command, **({"arguments": arguments} if arguments else {})}
-    return json.loads(libvirt_qemu.qemuAgentCommand(dom, json.dumps(msg), timeout, 0))
-
-
-def guest_sh(dom, script: str, wait: bool = True) -> str:
-    pid = agent_cmd(dom, "guest-exec", {"path": "/bin/sh", "arg": ["-c", script],
-                                        "capture-output": True})["return"]["pid"]
-    if not wait:
-        return ""
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        st = agent_cmd(dom, "guest-exec-status", {"pid": pid})["return"]
-        if st.get("exited"):
-            return base64.b64decode(st.get("out-data", "")).decode(errors="replace")
-        time.sleep(0.2)
-    raise RuntimeError(f"guest-exec {script!r} did not finish")
-
-
 def wait_for(what: str, predicate, timeout: float, step: float = 0.5):
     deadline = time.monotonic() + timeout
     while True:
@@ -139,41 +114,19 @@ def start_peer(workdir: Path, daemon, masakari_url: str, sock_dir: str) -> subpr
                             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
 
 
-def console_panic_time(path: str, timeout: float) -> Optional[float]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with open(path, "rb") as f:
-                if b"Kernel panic" in f.read():
-                    return time.time()
-        except OSError:
-            pass
-        time.sleep(0.05)
-    return None
-
-
 def one_run(scenario: str, ctx: dict, observe: float) -> dict:
     daemon, masakari, relay, base, deb = (ctx[k] for k in
                                           ("daemon", "masakari", "relay", "base", "deb"))
     uuid = str(uuidlib.uuid4())
-    vmdir = daemon.socket_dir("vm")
-    for src, dst in ((base.kernel, "vmlinuz"), (base.initrd, "initrd.img")):
-        shutil.copy(src, os.path.join(vmdir, dst))
-    with open(os.path.join(base.rootfs, "usr", "bin", "sleep"), "rb") as f:
-        sleep = f.read()
-    make_disk(base, deb, {"/etc/iim/agent.yaml": (AGENT_YAML, 0o644),
-                          "/usr/local/bin/iim-demo-app": (sleep, 0o755),
-                          "/etc/systemd/system/iim-demo-app.service": (DEMO_UNIT, 0o644)},
-              os.path.join(vmdir, "disk.img"))
-    os.chown(os.path.join(vmdir, "disk.img"), daemon.uid, daemon.gid)
+    vmdir = prepare(daemon, base, deb, demo=True)
     sock = os.path.join(ctx["qga_dir"], f"org.qemu.guest_agent.0.instance-{uuid[:8]}.sock")
     dom = daemon.conn.defineXML(nova_domain_xml(f"instance-{uuid[:8]}", uuid, vmdir, sock,
-                                                "systemd.wants=iim-demo-app.service"))
+                                                DEMO_CMDLINE))
     result = {"scenario": scenario, "uuid": uuid}
     try:
         dom.create()
         started = time.monotonic()
-        wait_for("qemu-ga answers", lambda: _pings(dom), BOOT_TIMEOUT, 1.0)
+        wait_for("qemu-ga answers", lambda: pings(dom), BOOT_TIMEOUT, 1.0)
         result["boot_to_qga"] = time.monotonic() - started
         result["demo_app"] = guest_sh(dom, "systemctl is-active iim-demo-app").strip()
 
@@ -187,8 +140,8 @@ def one_run(scenario: str, ctx: dict, observe: float) -> dict:
             t0 = time.time()
             guest_sh(dom, "systemctl kill -s KILL iim-demo-app")
         elif scenario == "panic":
-            guest_sh(dom, "sleep 0.5; echo c > /proc/sysrq-trigger", wait=False)
-            t0 = console_panic_time(os.path.join(vmdir, "console.log"), 30.0)
+            guest_spawn(dom, "sleep 0.5; echo c > /proc/sysrq-trigger")
+            t0 = wait_console(vmdir, "Kernel panic", 30.0)
             if t0 is None:
                 raise RuntimeError("no kernel panic on the console")
         elif scenario == "iim_agent_kill":
@@ -197,7 +150,7 @@ def one_run(scenario: str, ctx: dict, observe: float) -> dict:
                           "systemctl kill -s KILL iim-agent.service")
         elif scenario == "qga_stop":
             t0 = time.time()
-            guest_sh(dom, "systemctl stop qemu-guest-agent", wait=False)
+            guest_spawn(dom, "systemctl stop qemu-guest-agent")
         else:
             raise ValueError(scenario)
         seen: dict[str, float] = {}
@@ -218,14 +171,6 @@ def one_run(scenario: str, ctx: dict, observe: float) -> dict:
         daemon.remove(dom)
         shutil.rmtree(vmdir, ignore_errors=True)
     return result
-
-
-def _pings(dom) -> bool:
-    try:
-        agent_cmd(dom, "guest-ping", timeout=2)
-        return True
-    except Exception:  # noqa: BLE001 - not up yet
-        return False
 
 
 def summarize(results: list[dict]) -> str:

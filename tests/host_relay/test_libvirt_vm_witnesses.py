@@ -19,105 +19,35 @@ Figures are printed; run with ``-s`` to see them.
 from __future__ import annotations
 
 import asyncio
-import base64
-import json
 import os
 import shutil
 import statistics
 import time
 import uuid as uuidlib
-from xml.sax.saxutils import escape, quoteattr
 
 import libvirt
-import libvirt_qemu
 import pytest
 
-from devtools.vm_image import make_disk
 from host_relay.evidence import CONSOLE, SCREEN, EvidenceStore, collect
 from host_relay.witness_libvirt import WitnessReader, bulk_progress, ping_agent
 from host_relay.witnesses import Alive, Hung, PingOutcome, Unknown, ping_verdict
-from tests.host_relay.libvirt_fixture import AGENT_CHANNEL, QEMU, LibvirtDaemon
 from tests.host_relay.test_libvirt_vm import agent_deb, vm_base  # noqa: F401 (fixtures)
+from tests.host_relay.vm_guest import (
+    BOOT_TIMEOUT,
+    agent_cmd,
+    console_text,
+    guest_sh,
+    guest_spawn,
+    nova_domain_xml,
+    prepare,
+)
 
 pytestmark = [pytest.mark.vm, pytest.mark.libvirt]
 
-CMDLINE = "console=ttyS0 root=/dev/vda rw panic=0"
-MEMORY_MIB = 512
-BOOT_TIMEOUT = 300.0  # systemd to qemu-ga under TCG: ~30-60 s here, CI may be slower
 PING_TIMEOUT = 2  # the option's default
 PINGS = 5
 STAT_READS = 12  # bulk stats reads 1 s apart: does an idle guest's vCPU time ever stand still?
 LOOP_STEP = 0.01
-
-
-def nova_domain_xml(name: str, uuid: str, vmdir: str, agent_socket: str,
-                    extra_cmdline: str = "") -> str:
-    """What Nova defines for an image with hw_qemu_guest_agent=yes (minus NICs), kernel boot."""
-    def path(p: str) -> str:
-        return quoteattr(os.path.join(vmdir, p))
-
-    return f"""<domain type='qemu'>
-  <name>{name}</name>
-  <uuid>{uuid}</uuid>
-  <memory unit='MiB'>{MEMORY_MIB}</memory>
-  <vcpu>1</vcpu>
-  <os>
-    <type arch='x86_64' machine='q35'>hvm</type>
-    <kernel>{escape(os.path.join(vmdir, 'vmlinuz'))}</kernel>
-    <initrd>{escape(os.path.join(vmdir, 'initrd.img'))}</initrd>
-    <cmdline>{escape((CMDLINE + " " + extra_cmdline).strip())}</cmdline>
-  </os>
-  <features><acpi/></features>
-  <clock offset='utc'/>
-  <on_poweroff>destroy</on_poweroff>
-  <on_reboot>restart</on_reboot>
-  <on_crash>destroy</on_crash>
-  <devices>
-    <emulator>{QEMU}</emulator>
-    <disk type='file' device='disk'><driver name='qemu' type='raw'/>
-      <source file={path('disk.img')}/><target dev='vda' bus='virtio'/></disk>
-    <channel type='unix'><source mode='bind' path={quoteattr(agent_socket)}/>
-      <target type='virtio' name='{AGENT_CHANNEL}'/></channel>
-    <serial type='file'><source path={path('console.log')}/><target port='0'/></serial>
-    <video><model type='vga'/></video>
-    <memballoon model='none'/>
-  </devices>
-</domain>
-"""
-
-
-def prepare(daemon: LibvirtDaemon, base, deb: str) -> str:
-    vmdir = daemon.socket_dir("vm")
-    for src, dst in ((base.kernel, "vmlinuz"), (base.initrd, "initrd.img")):
-        shutil.copy(src, os.path.join(vmdir, dst))
-    disk = make_disk(base, deb, {}, os.path.join(vmdir, "disk.img"))
-    os.chown(disk, daemon.uid, daemon.gid)
-    return vmdir
-
-
-def agent(dom, command: str, arguments: dict | None = None, timeout: int = 5) -> dict:
-    msg = {"execute": command}
-    if arguments:
-        msg["arguments"] = arguments
-    return json.loads(libvirt_qemu.qemuAgentCommand(dom, json.dumps(msg), timeout, 0))
-
-
-def guest_spawn(dom, script: str) -> int:
-    """Start ``script`` in the guest through qemu-ga's guest-exec; its pid, not waited for."""
-    return agent(dom, "guest-exec", {"path": "/bin/sh", "arg": ["-c", script]})["return"]["pid"]
-
-
-def guest_sh(dom, script: str) -> str:
-    """Run ``script`` in the guest through qemu-ga's guest-exec; its stdout."""
-    pid = agent(dom, "guest-exec", {"path": "/bin/sh", "arg": ["-c", script],
-                                    "capture-output": True})["return"]["pid"]
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        st = agent(dom, "guest-exec-status", {"pid": pid})["return"]
-        if st.get("exited"):
-            return base64.b64decode(st.get("out-data", "")).decode(errors="replace")
-        time.sleep(0.2)
-    raise AssertionError(f"guest-exec {script!r} did not finish in 30 s")
 
 
 def longest_vcpu_standstill(conn, uuid: str, reads: int) -> tuple[float, int]:
@@ -132,14 +62,6 @@ def longest_vcpu_standstill(conn, uuid: str, reads: int) -> tuple[float, int]:
             still_since, last = time.monotonic(), now_ns
         longest = max(longest, time.monotonic() - still_since)
     return longest, last - first
-
-
-def console_text(vmdir: str) -> str:
-    try:
-        with open(os.path.join(vmdir, "console.log"), errors="replace") as f:
-            return f.read()[-4000:]
-    except OSError as exc:
-        return f"(no console: {exc})"
 
 
 async def _timed_ping_with_loop_lag(reader: WitnessReader, dom) -> tuple:
@@ -211,7 +133,7 @@ def test_qemu_ga_answers_a_running_guest_and_times_out_after_a_kernel_panic(
               f"longest standstill {idle_still:.1f}s")
 
         # The panic, through qemu-ga itself (it returns before the guest dies).
-        agent(dom, "guest-exec", {"path": "/bin/sh",
+        agent_cmd(dom, "guest-exec", {"path": "/bin/sh",
                                   "arg": ["-c", "sleep 0.5; echo c > /proc/sysrq-trigger"]})
         panicked = time.monotonic() + 0.5
         deadline = time.monotonic() + 60
