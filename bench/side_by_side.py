@@ -17,7 +17,10 @@ Scenarios (each on a fresh guest, ``--runs`` times):
 - ``app_kill``: ``systemctl kill -s KILL iim-demo-app``;
 - ``panic``: ``echo c > /proc/sysrq-trigger`` (no pvpanic device);
 - ``iim_agent_kill``: iim-agent masked and killed with -9 (systemd cannot restart it);
-- ``qga_stop``: ``systemctl stop qemu-guest-agent``.
+- ``qga_stop``: ``systemctl stop qemu-guest-agent``;
+- ``agents_stop``: ``systemctl stop iim-agent qemu-guest-agent`` (both agents, cleanly);
+- ``reboot_busy``: ``systemctl reboot`` while one busy process per host core runs
+  through the whole observation (at least ``REBOOT_OBSERVE`` seconds).
 
 For each run: which monitor's notification reached masakari-api (iim's is
 ``LIFECYCLE``/``STOPPED_FAILED``, the peer's ``QEMU_GUEST_AGENT_ERROR``) and
@@ -67,30 +70,23 @@ from tests.host_relay.vm_guest import (  # noqa: E402
     pings,
     prepare,
     wait_console,
+    wait_until,
 )
 
-SCENARIOS = ("app_kill", "panic", "iim_agent_kill", "qga_stop")
+SCENARIOS = ("app_kill", "panic", "iim_agent_kill", "qga_stop", "agents_stop", "reboot_busy")
+REBOOT_OBSERVE = 120.0  # a busy host slows the reboot: watch until well after it is back
 EXPECTED = {  # what a monitor that keeps both promises does
     "app_kill": "iim notifies",
     "panic": "both notify",
     "iim_agent_kill": "nobody notifies (the guest runs)",
     "qga_stop": "nobody notifies (the guest runs)",
+    "agents_stop": "nobody notifies (the guest runs)",
+    "reboot_busy": "nobody notifies (a reboot)",
 }
 ARM_TIMEOUT = 180.0
 PEER_SETTLE = 25.0  # two of the peer's 10 s pings answered before the event
 MM_VENV = Path(os.environ.get("IIM_MM_VENV") or os.path.expanduser(
     "~/.cache/iim/masakari-monitors-venv"))
-def wait_for(what: str, predicate, timeout: float, step: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while True:
-        got = predicate()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{what}: not within {timeout:.0f}s")
-        time.sleep(step)
-
-
 def start_peer(workdir: Path, daemon, masakari_url: str, sock_dir: str) -> subprocess.Popen:
     conf = workdir / "masakari-monitors.conf"
     log = workdir / "masakari-monitors.log"
@@ -123,17 +119,18 @@ def one_run(scenario: str, ctx: dict, observe: float) -> dict:
     dom = daemon.conn.defineXML(nova_domain_xml(f"instance-{uuid[:8]}", uuid, vmdir, sock,
                                                 DEMO_CMDLINE))
     result = {"scenario": scenario, "uuid": uuid}
+    hogs: list[subprocess.Popen] = []
     try:
         dom.create()
         started = time.monotonic()
-        wait_for("qemu-ga answers", lambda: pings(dom), BOOT_TIMEOUT, 1.0)
+        wait_until("qemu-ga answers", lambda: pings(dom), BOOT_TIMEOUT, 1.0)
         result["boot_to_qga"] = time.monotonic() - started
         result["demo_app"] = guest_sh(dom, "systemctl is-active iim-demo-app").strip()
 
         def armed() -> bool:
             det = (relay.instance(uuid) or {}).get("detector") or {}
             return det.get("state") == "armed"
-        wait_for("iim armed", armed, ARM_TIMEOUT)
+        wait_until("iim armed", armed, ARM_TIMEOUT)
         result["boot_to_armed"] = time.monotonic() - started
         time.sleep(PEER_SETTLE)
         if scenario == "app_kill":
@@ -151,6 +148,15 @@ def one_run(scenario: str, ctx: dict, observe: float) -> dict:
         elif scenario == "qga_stop":
             t0 = time.time()
             guest_spawn(dom, "systemctl stop qemu-guest-agent")
+        elif scenario == "agents_stop":
+            t0 = time.time()
+            guest_spawn(dom, "systemctl stop iim-agent qemu-guest-agent")
+        elif scenario == "reboot_busy":
+            hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
+                    for _ in range(os.cpu_count() or 2)]
+            t0 = time.time()
+            guest_spawn(dom, "systemctl reboot")
+            observe = max(observe, REBOOT_OBSERVE)
         else:
             raise ValueError(scenario)
         seen: dict[str, float] = {}
@@ -168,6 +174,9 @@ def one_run(scenario: str, ctx: dict, observe: float) -> dict:
     except Exception as exc:  # noqa: BLE001 - one broken run is reported, the bench goes on
         result["error"] = str(exc)
     finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
         daemon.remove(dom)
         shutil.rmtree(vmdir, ignore_errors=True)
     return result

@@ -116,9 +116,13 @@ are cheaper.
         help="""
 Seconds a running domain's vCPUs may use no time at all before that by
 itself confirms a hang. An idle Linux guest still takes timer interrupts,
-so its vCPU time grows (an idle Debian guest under QEMU TCG stood still
-for at most 3.1 s); a stuck QEMU or a guest halted with interrupts off
-does not. Must be at least ``progress_interval``.
+so its vCPU time grows (Debian guests under QEMU TCG stood still for at
+most 3.1 s idle, 1.6 s through agent restarts and pauses); a stuck QEMU
+or a guest halted with interrupts off does not. Lower values confirm such
+a hang sooner, but a host that starves QEMU of CPU stops vCPU time too,
+and this witness may release hangs the host-wide silence guard holds;
+with 1 s heartbeats the [detector] rule reports a silent guest after
+10 s anyway. Must be at least ``progress_interval``.
 """,
     ),
     cfg.IntOpt(

@@ -25,22 +25,20 @@ import time
 import uuid as uuidlib
 import xml.etree.ElementTree as ET
 from pathlib import Path
-from xml.sax.saxutils import escape, quoteattr
 
 import libvirt
 import pytest
 
 from devtools.vm_image import VmImageUnavailable, ensure_base, make_disk
-from tests.host_relay.libvirt_fixture import AGENT_CHANNEL, IIM_CHANNEL, QEMU, LibvirtDaemon
+from tests.host_relay.libvirt_fixture import IIM_CHANNEL, LibvirtDaemon
 from tests.host_relay.test_libvirt_relay import RelayProcess
+from tests.host_relay.vm_guest import nova_domain_xml
 
 pytestmark = [pytest.mark.slow, pytest.mark.libvirt]
 
 REPO = Path(__file__).resolve().parents[2]
 INIT_SCRIPT = Path(__file__).with_name("vm_guest_init.sh")
 GUEST_INIT = "/sbin/iim-test-init"
-CMDLINE = f"console=ttyS0 root=/dev/vda rw panic=0 init={GUEST_INIT}"
-MEMORY_MIB = 512  # Python with psutil, msgpack, serial, click and yaml: ~60 MB; room to spare
 # Measured here: ~8 s to init, ~25 s to the agent's hello under TCG; CI may be slower.
 BOOT_TIMEOUT = 240.0
 DELIVERY_TIMEOUT = 30.0  # kill -> Masakari's 202, generously
@@ -75,40 +73,6 @@ def agent_deb(tmp_path_factory) -> str:
     (deb,) = [line for line in proc.stdout.split() if line.endswith(".deb")
               and os.path.basename(line).startswith("iim-agent_")]
     return deb
-
-
-def vm_domain_xml(name: str, uuid: str, vmdir: str, agent_socket: str) -> str:
-    """What Nova defines for an image with hw_qemu_guest_agent=yes, booting our kernel directly."""
-    def path(p: str) -> str:
-        return quoteattr(os.path.join(vmdir, p))
-
-    return f"""<domain type='qemu'>
-  <name>{name}</name>
-  <uuid>{uuid}</uuid>
-  <memory unit='MiB'>{MEMORY_MIB}</memory>
-  <vcpu>1</vcpu>
-  <os>
-    <type arch='x86_64' machine='q35'>hvm</type>
-    <kernel>{escape(os.path.join(vmdir, 'vmlinuz'))}</kernel>
-    <initrd>{escape(os.path.join(vmdir, 'initrd.img'))}</initrd>
-    <cmdline>{escape(CMDLINE)}</cmdline>
-  </os>
-  <features><acpi/></features>
-  <clock offset='utc'/>
-  <on_poweroff>destroy</on_poweroff>
-  <on_reboot>restart</on_reboot>
-  <on_crash>destroy</on_crash>
-  <devices>
-    <emulator>{QEMU}</emulator>
-    <disk type='file' device='disk'><driver name='qemu' type='raw'/>
-      <source file={path('disk.img')}/><target dev='vda' bus='virtio'/></disk>
-    <channel type='unix'><source mode='bind' path={quoteattr(agent_socket)}/>
-      <target type='virtio' name='{AGENT_CHANNEL}'/></channel>
-    <serial type='file'><source path={path('console.log')}/><target port='0'/></serial>
-    <memballoon model='none'/>
-  </devices>
-</domain>
-"""
 
 
 class Console:
@@ -186,7 +150,8 @@ def test_killed_process_in_a_real_guest_reaches_masakari_through_the_hot_plugged
     relay = RelayProcess(daemon, tmp_path, host=masakari_host, endpoint=masakari.url)
     dom = None
     try:
-        dom = daemon.conn.defineXML(vm_domain_xml(f"vm-{uuid[:8]}", uuid, vmdir, agent_socket))
+        dom = daemon.conn.defineXML(nova_domain_xml(f"vm-{uuid[:8]}", uuid, vmdir, agent_socket,
+                                                    f"init={GUEST_INIT}"))
         persistent = ET.fromstring(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
         assert IIM_CHANNEL not in {t.get("name") for t in persistent.iter("target")}
         relay.start()

@@ -49,6 +49,7 @@ from tests.host_relay.vm_guest import (
     pings,
     prepare,
     wait_console,
+    wait_until,
 )
 
 pytestmark = [pytest.mark.vm, pytest.mark.libvirt]
@@ -87,16 +88,10 @@ class Stage:
 
     def wait(self, what: str, predicate, timeout: float, g: Guest | None = None,
              step: float = 0.2):
-        deadline = time.monotonic() + timeout
-        while True:
-            got = predicate()
-            if got:
-                return got
-            if time.monotonic() > deadline:
-                console = f"\nconsole:\n{console_text(g.vmdir)}" if g is not None else ""
-                raise AssertionError(f"{what}: not within {timeout:.0f} s{console}\n"
-                                     f"relay log:\n{self.relay.log()[-6000:]}")
-            time.sleep(step)
+        def detail() -> str:
+            console = f"\nconsole:\n{console_text(g.vmdir)}" if g is not None else ""
+            return f"{console}\nrelay log:\n{self.relay.log()[-6000:]}"
+        return wait_until(what, predicate, timeout, step, detail)
 
     def armed(self, g: Guest) -> bool:
         return self.detector(g).get("state") == "armed"

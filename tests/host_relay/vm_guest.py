@@ -21,7 +21,7 @@ import json
 import os
 import shutil
 import time
-from typing import Optional
+from typing import Any, Callable, Optional
 from xml.sax.saxutils import escape, quoteattr
 
 import libvirt_qemu
@@ -136,6 +136,19 @@ def pings(dom, timeout: int = 2) -> bool:
         return True
     except Exception:  # noqa: BLE001 - libvirtError of any kind: not answering
         return False
+
+
+def wait_until(what: str, predicate: Callable[[], Any], timeout: float, step: float = 0.5,
+               detail: Callable[[], str] = lambda: ""):
+    """Poll ``predicate`` until it returns something truthy (returned); bounded by ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = predicate()
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout:.0f} s{detail()}")
+        time.sleep(step)
 
 
 def console_text(vmdir: str, tail: int = 4000) -> str:
