@@ -105,6 +105,7 @@ def gone(procs: list[psutil.Process], timeout: float = 10.0) -> list[str]:
     return [f"{p.pid} {cmdline(p)}" for p in left]
 
 
+@pytest.mark.slow
 def test_sigterm_after_keep_stops_everything_and_removes_the_temp_dirs() -> None:
     demo = DemoProcess("--keep")
     try:
@@ -138,6 +139,7 @@ def test_sigterm_after_keep_stops_everything_and_removes_the_temp_dirs() -> None
     assert len(steps) == 4, out
 
 
+@pytest.mark.slow
 def test_sighup_during_set_up_cleans_up_too() -> None:
     demo = DemoProcess()
     try:

@@ -28,6 +28,7 @@ def test_killed_process_reaches_masakari(tmp_path, capsys) -> None:
     assert "detector armed" in out and "STOPPED_FAILED" in out
 
 
+@pytest.mark.slow
 def test_stopped_http_server_reaches_masakari_once(tmp_path, capsys) -> None:
     """The meltdown: a SIGSTOPped web server, probed by the agent, through the unchanged relay."""
     demo = Demo(tmp_path, meltdown=True)

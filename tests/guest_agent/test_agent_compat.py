@@ -76,6 +76,7 @@ def relay_010_pause_open(messages: list[Message]) -> list[bool]:
     return out
 
 
+@pytest.mark.slow
 def test_the_new_agent_speaks_010_to_a_010_relay(
     tmp_path, host, agent_factory, sock_path, targets
 ):

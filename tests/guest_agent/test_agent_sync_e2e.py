@@ -7,6 +7,8 @@ import os
 import select
 import time
 
+import pytest
+
 from guest_agent.resync import ANSWER_GAP
 from iim_protocol.codec import MAGIC, encode
 from iim_protocol.messages import Hello, Resume, Sync
@@ -51,6 +53,7 @@ def test_sync_gets_hello_heartbeat_and_failure_back_at_once(
     assert "from host: 1 syncs (1 answered, 0 coalesced), 0 frames rejected" in out
 
 
+@pytest.mark.slow
 def test_a_host_flood_is_counted_and_heartbeats_go_on(tmp_path, host, agent_factory, sock_path):
     agent, cfg = start(tmp_path, host, agent_factory, sock_path)
     host.wait_for("heartbeat")

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 
+import pytest
+
 from tests.guest_agent.test_bench_smoke import LABEL_WIDTH, run_bench
 
 PERIOD, TIMEOUT, FAILURES = 0.3, 0.2, 2
@@ -35,6 +37,7 @@ def info(stdout: str, label: str) -> str:
                 if line.startswith(label))
 
 
+@pytest.mark.slow
 def test_agent_probes_bench_figures_are_sane():
     stdout = run_bench(
         "agent_probes.py", "--seconds", "3", "--warmup", "2", "--kills", "5", "--wedges", "3",

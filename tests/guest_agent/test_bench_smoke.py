@@ -15,6 +15,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from tests.guest_agent.conftest import REPO, agent_env
 
 LABEL_WIDTH = 30  # bench/agent_common.py LABEL_WIDTH
@@ -57,6 +59,7 @@ def info(stdout: str, label: str) -> str:
 SECONDS = 3
 
 
+@pytest.mark.slow
 def test_agent_resources_bench_prints_its_figures():
     stdout = run_bench("agent_resources.py", "--seconds", str(SECONDS), "--warmup", "1")
     got = figures(stdout)
@@ -83,6 +86,7 @@ def test_agent_resources_bench_prints_its_figures():
 KILLS = 5
 
 
+@pytest.mark.slow
 def test_agent_kill_latency_bench_prints_its_figures():
     stdout = run_bench("agent_kill_latency.py", "--kills", str(KILLS), "--jitter", "0.1")
     got = figures(stdout)

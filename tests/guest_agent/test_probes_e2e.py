@@ -172,6 +172,7 @@ def group_members(marker: str) -> list[int]:
     return [int(p) for p in out.stdout.split()]
 
 
+@pytest.mark.slow
 def test_exec_fails_hangs_and_recovers(tmp_path, host, agent_factory, sock_path):
     mode = tmp_path / "mode"
     mode.write_text("ok")
@@ -359,6 +360,7 @@ def test_target_that_never_came_up(tmp_path, host, agent_factory, sock_path):
     assert failure.reason == f"connect refused, {FAILURES} in a row"
 
 
+@pytest.mark.slow
 def test_reload_adds_removes_and_changes_probes_without_false_failure(
     tmp_path, host, agent_factory, sock_path, servers
 ):

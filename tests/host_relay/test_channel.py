@@ -295,6 +295,7 @@ def test_garbage_flood_does_not_delay_another_instance(sock_dir, tmp_path, caplo
     asyncio.run(main())
 
 
+@pytest.mark.slow
 def test_frame_flood_is_throttled_by_the_frame_budget(sock_dir, tmp_path) -> None:
     async def main() -> None:
         rig = Rig(sock_dir, tmp_path, max_frames_per_second=50)

@@ -33,6 +33,7 @@ def state_dir():
     yield from short_dir()
 
 
+@pytest.mark.slow
 def test_process_killed_during_the_host_pause_is_notified_once_after_resume(
         tmp_path, state_dir, masakari, masakari_host) -> None:
     inst = str(uuid.uuid4())

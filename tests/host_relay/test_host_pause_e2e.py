@@ -63,6 +63,7 @@ def running(tmp_path, state_dir, proxy, masakari_host):
         agent.close()
 
 
+@pytest.mark.slow
 def test_failure_during_the_host_pause_is_not_notified_and_resume_notifies_once(
         running, proxy, masakari) -> None:
     relay, agent, inst = running
@@ -100,6 +101,7 @@ def test_failure_during_the_host_pause_is_not_notified_and_resume_notifies_once(
     assert "paused:         no" in shown.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "kill-9"])
 def test_the_host_pause_survives_a_relay_restart(running, proxy, sig) -> None:
     relay, agent, inst = running
@@ -122,6 +124,7 @@ def test_the_host_pause_survives_a_relay_restart(running, proxy, sig) -> None:
     assert proxy.posts[inst] == 1
 
 
+@pytest.mark.slow
 def test_refusals_name_the_bound_and_the_instance(running, proxy) -> None:
     relay, agent, inst = running
     too_long = cli(relay, "pause", inst, "--for", "2h")  # max_pause defaults to 1h
@@ -146,6 +149,7 @@ def test_refusals_name_the_bound_and_the_instance(running, proxy) -> None:
     assert detail["instance"]["channel"]["state"] == "connected"
 
 
+@pytest.mark.slow
 @needs_root
 def test_a_pause_the_disk_refuses_says_so_and_is_written_after_the_repair(
         tmp_path, proxy, masakari_host) -> None:

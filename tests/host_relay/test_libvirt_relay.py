@@ -212,6 +212,7 @@ def test_running_domain_gets_the_channel_and_the_relay_connects(
     assert shown["origin"] == "hotplug" and shown["channel"]["state"] == "connected"
 
 
+@pytest.mark.slow
 def test_channel_is_attached_again_after_domain_and_relay_restarts_never_twice(
         libvirt_domains, relays) -> None:
     daemon, domains = libvirt_domains
@@ -275,6 +276,7 @@ def test_domain_without_virtio_serial_controller_is_reported_once_with_the_fix(
     assert log.count("no virtio-serial controller") == 1, log
 
 
+@pytest.mark.slow
 def test_serial_fallback_reads_the_guest_through_the_pty_of_serial_port_1(
         libvirt_domains, relays) -> None:
     daemon, domains = libvirt_domains

@@ -82,6 +82,7 @@ def silence_of(reason: str) -> float:
     return float(m.group(1))
 
 
+@pytest.mark.slow
 def test_a_silent_guest_without_qemu_ga_is_confirmed_by_its_stopped_vcpu(
         libvirt_domains, tmp_path) -> None:
     daemon, domains = libvirt_domains
@@ -108,6 +109,7 @@ def test_a_silent_guest_without_qemu_ga_is_confirmed_by_its_stopped_vcpu(
           f"(rule: {RULE:g}s); {reason}")
 
 
+@pytest.mark.slow
 def test_a_pvpanic_crash_is_notified_at_once(libvirt_domains, tmp_path) -> None:
     daemon, domains = libvirt_domains
     spec = guest_spec(daemon, panic=True)
@@ -128,6 +130,7 @@ def test_a_pvpanic_crash_is_notified_at_once(libvirt_domains, tmp_path) -> None:
           f"{reason}")
 
 
+@pytest.mark.slow
 def test_the_guard_holds_hangs_of_many_silent_guests_until_their_own_witness(
         libvirt_domains, tmp_path) -> None:
     daemon, domains = libvirt_domains

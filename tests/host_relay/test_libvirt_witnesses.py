@@ -98,6 +98,7 @@ def test_ping_of_a_domain_that_is_gone_is_an_error_not_a_hang(libvirt_domains) -
     assert got.outcome is PingOutcome.ERROR and isinstance(ping_verdict(got), Unknown), got
 
 
+@pytest.mark.slow
 def test_bulk_stats_read_every_running_domain_in_one_call(libvirt_domains) -> None:
     daemon, domains = libvirt_domains
     specs = [new_spec() for _ in range(3)]
@@ -228,6 +229,7 @@ def test_pvpanic_crash_event_confirms_a_hang_by_itself(libvirt_domains, tmp_path
     print(f"\n[witness] domain start -> pvpanic CRASHED event recorded in {seen:.2f}s")
 
 
+@pytest.mark.slow
 def test_stopped_vcpus_confirm_a_hang_through_bulk_stats(libvirt_domains, tmp_path) -> None:
     daemon, domains = libvirt_domains
     spec = new_spec(agent_channel=False)

@@ -105,6 +105,7 @@ def log_rate(relay: RelayProc, seconds: float) -> tuple[float, str]:
     return len(text.encode()) / seconds, text
 
 
+@pytest.mark.slow
 def test_hello_and_early_failure_floods_log_a_few_lines_and_status_counts_them(
         tmp_path, state_dir) -> None:
     hello_inst, failure_inst = str(uuid.uuid4()), str(uuid.uuid4())

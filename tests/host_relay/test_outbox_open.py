@@ -262,6 +262,7 @@ def test_run_with_a_damaged_outbox_starts_and_serves_what_was_recovered(
     assert relay.returncode == 0
 
 
+@pytest.mark.slow
 def test_an_outbox_locked_by_another_process_is_a_start_error_not_damage(tmp_path) -> None:
     path = str(tmp_path / "outbox.sqlite")
     fill(path, 3)

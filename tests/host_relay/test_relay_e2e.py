@@ -89,6 +89,7 @@ FAILURE_FRAMES = (encode(Hello(protocol_version=1, agent_version="t", boot_id="b
                   + encode(Failure(seq=1, check="db", reason="exited")))
 
 
+@pytest.mark.slow
 def test_queued_notification_survives_sigkill_and_outage(tmp_path, state_dir, masakari,
                                                          masakari_host) -> None:
     conf = write_conf(tmp_path, state_dir, masakari_host, masakari.url)
@@ -133,6 +134,7 @@ def test_queued_notification_survives_sigkill_and_outage(tmp_path, state_dir, ma
         log.close()
 
 
+@pytest.mark.slow
 def test_dead_letter_is_shown_and_requeued_after_the_fix(tmp_path, state_dir, masakari,
                                                          masakari_host) -> None:
     masakari.set_maintenance(masakari_host, True)

@@ -121,6 +121,7 @@ def armed_and_stored(relay: RelayProc, inst: str):
             and store.get("pending_notifications", 0) == 0)
 
 
+@pytest.mark.slow
 def test_failure_sent_before_the_relay_reads_is_notified_via_the_level(
         tmp_path, state_dir, proxy, masakari, masakari_host) -> None:
     """Issue case 1: the failure frame went out while no relay read; heartbeats say failed."""
@@ -141,6 +142,7 @@ def test_failure_sent_before_the_relay_reads_is_notified_via_the_level(
         agent.close()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["sigterm-then-hang", "hang-then-kill-9"])
 def test_hang_across_a_relay_restart_is_notified(tmp_path, state_dir, proxy, masakari,
                                                  masakari_host, how) -> None:
@@ -172,6 +174,7 @@ def test_hang_across_a_relay_restart_is_notified(tmp_path, state_dir, proxy, mas
         agent.close()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "kill-9"])
 def test_restart_inside_the_cooldown_posts_once(tmp_path, state_dir, proxy, masakari,
                                                 masakari_host, sig) -> None:
@@ -201,6 +204,7 @@ def test_restart_inside_the_cooldown_posts_once(tmp_path, state_dir, proxy, masa
         agent.close()
 
 
+@pytest.mark.slow
 @needs_root
 def test_frozen_disk_keeps_channels_and_status_answering(tmp_path, proxy, masakari,
                                                           masakari_host) -> None:
@@ -257,6 +261,7 @@ def test_frozen_disk_keeps_channels_and_status_answering(tmp_path, proxy, masaka
             next(sock_dir, None)
 
 
+@pytest.mark.slow
 @needs_root
 def test_read_only_disk_repaired_across_a_restart_delivers_exactly_once(
         tmp_path, proxy, masakari, masakari_host) -> None:

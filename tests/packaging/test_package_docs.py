@@ -88,6 +88,7 @@ def test_rpm_marks_documentation_and_license(built, pkg) -> None:
     assert not [f for f in files if "lintian" in f or f.endswith("changelog.Debian.gz")]
 
 
+@pytest.mark.slow
 def test_lintian_reports_nothing_but_what_is_overridden_with_a_reason(built) -> None:
     lintian = shutil.which("lintian")
     if lintian is None:
