@@ -56,8 +56,12 @@ class Running:
 
     async def __aenter__(self) -> Relay:
         self.task = asyncio.create_task(self.relay.run(self.shutdown))
-        await wait_until(lambda: self.relay._supervisor.running("discovery"), 2.0)
-        await wait_until(self._answers, 2.0)
+        # Ready as systemd is told (READY=1): records restored, the channel directory
+        # made, watched and scanned.  A task merely spawned has not made it yet.
+        await wait_until(lambda: self.relay.ready.is_set() or self.task.done(), 10.0)
+        if self.task.done():
+            self.task.result()  # the relay's start-up error, as it is
+        await wait_until(self._answers, 10.0)
         return self.relay
 
     def _answers(self) -> bool:
