@@ -82,11 +82,15 @@ class WitnessEvent:
     vcpu ...; "none" for no witness); ``detail`` is its reading, host text.
     ``notify_lost_after``: for an alive guest, notify once the agent has been
     lost this long (``[witnesses] notify_on_agent_lost``), or None: never.
+    ``stops_domain``: the event itself pauses or stops the domain (a guest
+    panic: libvirt's SUSPENDED may come before its CRASHED), so a paused or
+    crashed domain does not hold this notification as it holds a hang.
     """
 
     by: str
     detail: str = ""
     notify_lost_after: Optional[float] = None
+    stops_domain: bool = False
 
 
 def contact_of(msg: Hello | Heartbeat) -> Contact:

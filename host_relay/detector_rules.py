@@ -67,6 +67,9 @@ class DomainState(enum.Enum):
 
 DOMAIN_RUNS = frozenset({DomainState.RUNNING, DomainState.UNKNOWN})
 DOMAIN_HELD = frozenset({DomainState.PAUSED, DomainState.MIGRATING})
+# What a guest panic does to its own domain (QEMU pauses it, libvirt marks it crashed
+# or destroys it): no reason to hold the panic's notification.
+DOMAIN_AFTER_PANIC = frozenset({DomainState.PAUSED, DomainState.CRASHED})
 
 
 @dataclasses.dataclass
@@ -238,12 +241,13 @@ def suppress(f: Facts, kind: str, check: Optional[str], why: str, reason: str, a
 
 
 def notify(f: Facts, kind: str, check: Optional[str], reason: str, at: float,
-           loud: bool = True) -> None:
-    """Notify unless the domain, a pause, an open incident, the cooldown or the storm cap
-    forbids it; a notification or a storm-capped failure opens the incident."""
+           loud: bool = True, domain_ok: frozenset = frozenset()) -> None:
+    """Notify unless the domain (unless in ``domain_ok``), a pause, an open incident, the
+    cooldown or the storm cap forbids it; a notification or a storm-capped failure opens
+    the incident."""
     cfg = f.config
     reason = clean(reason)
-    if f.domain not in DOMAIN_RUNS:
+    if f.domain not in DOMAIN_RUNS and f.domain not in domain_ok:
         return suppress(f, kind, check, f"domain_{f.domain.value}", reason, at, loud)
     if paused(f, at):
         return suppress(f, kind, check, "paused", reason, at, loud)
@@ -409,7 +413,8 @@ def on_confirmed_hang(f: Facts, at: float, ev: WitnessEvent) -> None:
     silent = max(0.0, at - f.base)
     notify(f, GUEST_HANG, None,
            f"hang confirmed by {f.witness}: {f.witness_detail or 'no detail'} "
-           f"(no heartbeat for {silent:.1f}s)", at)
+           f"(no heartbeat for {silent:.1f}s)", at,
+           domain_ok=DOMAIN_AFTER_PANIC if ev.stops_domain else frozenset())
 
 
 def on_agent_lost(f: Facts, at: float, ev: WitnessEvent) -> None:

@@ -139,7 +139,7 @@ class SilenceWatch:
         if inst is None or inst.detector is None:
             return
         det = inst.detector
-        ev = WitnessEvent(evidence.by, evidence.detail)
+        ev = WitnessEvent(evidence.by, evidence.detail, stops_domain=True)
         self.relay.detector_call(inst, lambda t: det.witness("confirmed_hang", ev, t))
 
     def _guard_changed(self, changes: list, now: float) -> None:

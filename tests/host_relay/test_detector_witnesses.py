@@ -10,6 +10,7 @@ from host_relay.detector import (
     AgentLost,
     Detector,
     DetectorRecord,
+    DomainState,
     HangHeld,
     State,
     WitnessEvent,
@@ -22,6 +23,7 @@ from tests.host_relay.detector_testing import hb01 as hb
 QGA_TIMEOUT = WitnessEvent("qemu-ga", "guest-ping unanswered after 2s")
 QGA_ANSWERS = WitnessEvent("qemu-ga", "guest-ping answered in 0.01s")
 PANIC = WitnessEvent("panic", "panicked")
+PANIC_EVENT = WitnessEvent("panic", "panicked", stops_domain=True)  # as silence_watch sends it
 NONE = WitnessEvent("none", "qemu-guest-agent not asked; no bulk stats")
 
 
@@ -61,6 +63,21 @@ def test_a_panic_event_notifies_even_before_the_silence_counts():
     d = silent_at_20()
     [note] = notifies(d.witness("confirmed_hang", PANIC, 20.3))
     assert "confirmed by panic: panicked" in note.reason
+
+
+def test_a_panic_is_notified_though_libvirt_said_paused_first():
+    # Seen under load in CI: QEMU stops the panicked guest, so libvirt's SUSPENDED event
+    # can reach the relay before its CRASHED (PANICKED) event, which decides the panic.
+    d = silent_at_20()
+    d.domain_state(DomainState.PAUSED, 20.2)
+    [note] = notifies(d.witness("confirmed_hang", PANIC_EVENT, 20.3))
+    assert "confirmed by panic: panicked" in note.reason
+    assert not notifies(d.domain_state(DomainState.CRASHED, 20.4))  # then libvirt's CRASHED
+    # A witness that is not the panic itself does not override a paused domain.
+    d = silent_at_20()
+    d.domain_state(DomainState.PAUSED, 20.2)
+    assert not notifies(d.witness("confirmed_hang", PANIC, 20.3))
+    assert d.counters.suppressed["domain_paused"] == 1
 
 
 def test_agent_lost_holds_the_hang_deadline_and_does_not_notify():
