@@ -36,6 +36,22 @@ _UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 Handler = Callable[[dict[str, Any]], dict[str, Any]]
 
 
+
+def bind_private(sock: socket.socket, path: str, mode: int) -> int:
+    """Bind the UNIX socket ``sock`` at ``path`` with no moment in which others could
+    connect (umask 0177 while binding), then give it ``mode``; ``sock`` is closed if the
+    bind fails.  Returns the socket file's inode (to tell it was replaced)."""
+    old_umask = os.umask(0o177)
+    try:
+        sock.bind(path)
+    except OSError:
+        sock.close()
+        raise
+    finally:
+        os.umask(old_umask)
+    os.chmod(path, mode)
+    return os.stat(path).st_ino
+
 class AgentNotRunning(Exception):
     """No agent answers on the control socket."""
 
@@ -75,16 +91,7 @@ class ControlServer:
         """Bind the socket; raise RuntimeError when another agent already serves it."""
         self._remove_stale()
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        old_umask = os.umask(0o177)  # no window in which others could connect
-        try:
-            sock.bind(self.path)
-        except OSError:
-            sock.close()
-            raise
-        finally:
-            os.umask(old_umask)
-        os.chmod(self.path, 0o600)
-        self._inode = os.stat(self.path).st_ino
+        self._inode = bind_private(sock, self.path, 0o600)
         sock.listen(MAX_CLIENTS)
         sock.setblocking(False)
         self._sock = sock

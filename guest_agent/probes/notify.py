@@ -31,6 +31,7 @@ import struct
 from collections.abc import Mapping
 from typing import Callable, Optional
 
+from guest_agent.control import bind_private
 from guest_agent.reactor import POLLIN, Reactor
 
 LOG = logging.getLogger(__name__)
@@ -86,16 +87,7 @@ class NotifyServer:
             os.unlink(self.path)  # our own, left by an agent that stopped (one agent runs)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         sock.setsockopt(socket.SOL_SOCKET, _SO_PASSCRED, 1)
-        old_umask = os.umask(0o177)
-        try:
-            sock.bind(self.path)
-        except OSError:
-            sock.close()
-            raise
-        finally:
-            os.umask(old_umask)
-        os.chmod(self.path, self.mode)
-        self._inode = os.stat(self.path).st_ino
+        self._inode = bind_private(sock, self.path, self.mode)
         sock.setblocking(False)
         self._sock = sock
         self._reactor.add(sock.fileno(), POLLIN, self._on_ready)
