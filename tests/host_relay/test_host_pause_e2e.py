@@ -9,7 +9,6 @@ host's pause).  Every command is the real CLI in a subprocess.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -18,9 +17,15 @@ import uuid
 
 import pytest
 
-from tests.host_relay.faulty_fs import loop_ext4, needs_root
+from tests.host_relay.faulty_fs import needs_root
 from tests.host_relay.relay_testing import CountingProxy, LevelAgent, short_dir
-from tests.host_relay.test_restart_e2e import INTERVAL, RelayProc, armed_and_stored, wait_for
+from tests.host_relay.test_restart_e2e import (
+    INTERVAL,
+    RelayProc,
+    armed_and_stored,
+    relay_on_ext4,
+    wait_for,
+)
 
 pytestmark = pytest.mark.masakari
 
@@ -158,37 +163,22 @@ def test_a_pause_the_disk_refuses_says_so_and_is_written_after_the_repair(
     holds (the failure the guest reports meanwhile is not notified)."""
     inst = str(uuid.uuid4())
     runtime = tmp_path / "run"  # systemd's RuntimeDirectory: outlives relay restarts
-    runtime.mkdir()
-    with loop_ext4(errors="remount-ro") as fs:
-        sock_dir = short_dir()
-        chan_dir = next(sock_dir)
-        state = os.path.join(fs.path, "state")
-        os.makedirs(state)
-        relay = RelayProc(tmp_path, state, masakari_host, proxy.url)
-        relay.conf.write_text(relay.conf.read_text().replace(
-            f"socket_dir = {state}/ch", f"socket_dir = {chan_dir}"))
-        relay.env = dict(os.environ, RUNTIME_DIRECTORY=str(runtime))
-        agent = LevelAgent(chan_dir, inst, INTERVAL, checks={"db": "ok"})
-        try:
-            relay.start()
-            wait_for("armed", lambda: armed_and_stored(relay, inst), 20)
-            fs.error_ro()
-            done = cli(relay, "pause", inst, "--for", "10m", "--reason", "disk swap")
-            assert done.returncode == 1, done
-            assert f"paused {inst}" in done.stdout
-            assert "NOT yet on disk" in done.stderr and "read-only" in done.stderr, done.stderr
-            assert detector(relay, inst)["state"] == "paused"
-            relay.stop(signal.SIGTERM)  # the operator stops the relay to repair the disk
-            fs.repair()
-            agent.fail("db", "db exited 1")
-            relay.start()
-            wait_for("the agent reconnected", lambda: agent.connections >= 2, 20)
-            time.sleep(QUIET)
-            det = detector(relay, inst)
-            assert det["state"] == "paused" and det["host_pause"]["reason"] == "disk swap", det
-            assert proxy.posts.get(inst, 0) == 0, relay.log()
-            assert (relay.status().get("store") or {}).get("pending_records") == 0
-        finally:
-            relay.stop()
-            agent.close()
-            next(sock_dir, None)
+    with relay_on_ext4(tmp_path, runtime, masakari_host, proxy, inst) as (fs, relay, agent):
+        relay.start()
+        wait_for("armed", lambda: armed_and_stored(relay, inst), 20)
+        fs.error_ro()
+        done = cli(relay, "pause", inst, "--for", "10m", "--reason", "disk swap")
+        assert done.returncode == 1, done
+        assert f"paused {inst}" in done.stdout
+        assert "NOT yet on disk" in done.stderr and "read-only" in done.stderr, done.stderr
+        assert detector(relay, inst)["state"] == "paused"
+        relay.stop(signal.SIGTERM)  # the operator stops the relay to repair the disk
+        fs.repair()
+        agent.fail("db", "db exited 1")
+        relay.start()
+        wait_for("the agent reconnected", lambda: agent.connections >= 2, 20)
+        time.sleep(QUIET)
+        det = detector(relay, inst)
+        assert det["state"] == "paused" and det["host_pause"]["reason"] == "disk swap", det
+        assert proxy.posts.get(inst, 0) == 0, relay.log()
+        assert (relay.status().get("store") or {}).get("pending_records") == 0

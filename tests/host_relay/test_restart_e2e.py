@@ -8,6 +8,7 @@ protocol 0.2 (every heartbeat carries the agent's whole state).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -110,6 +111,31 @@ class RelayProc:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+
+@contextlib.contextmanager
+def relay_on_ext4(tmp_path, runtime, masakari_host, proxy, inst: str):
+    """A relay whose state_path is on a loop-mounted ext4 (errors=remount-ro), with
+    ``runtime`` (made here) as its RuntimeDirectory and its channels in a short directory
+    apart, and a LevelAgent for ``inst`` reporting a check "db" ok: (fs, relay, agent).
+    Neither is started; both are stopped on the way out."""
+    runtime.mkdir()
+    with loop_ext4(errors="remount-ro") as fs:
+        sock_dir = short_dir()
+        chan_dir = next(sock_dir)
+        state = os.path.join(fs.path, "state")
+        os.makedirs(state)
+        relay = RelayProc(tmp_path, state, masakari_host, proxy.url)
+        relay.conf.write_text(relay.conf.read_text().replace(
+            f"socket_dir = {state}/ch", f"socket_dir = {chan_dir}"))
+        relay.env = dict(os.environ, RUNTIME_DIRECTORY=str(runtime))
+        agent = LevelAgent(chan_dir, inst, INTERVAL, checks={"db": "ok"})
+        try:
+            yield fs, relay, agent
+        finally:
+            relay.stop()
+            agent.close()
+            next(sock_dir, None)
 
 
 def armed_and_stored(relay: RelayProc, inst: str):
@@ -270,42 +296,27 @@ def test_read_only_disk_repaired_across_a_restart_delivers_exactly_once(
     the decision (delivered, cooldown) is on disk afterwards."""
     inst = str(uuid.uuid4())
     runtime = tmp_path / "run"  # systemd's RuntimeDirectory: a tmpfs that outlives restarts
-    runtime.mkdir()
-    with loop_ext4(errors="remount-ro") as fs:
-        sock_dir = short_dir()
-        chan_dir = next(sock_dir)
-        state = os.path.join(fs.path, "state")
-        os.makedirs(state)
-        relay = RelayProc(tmp_path, state, masakari_host, proxy.url)
-        relay.conf.write_text(relay.conf.read_text().replace(
-            f"socket_dir = {state}/ch", f"socket_dir = {chan_dir}"))
-        relay.env = dict(os.environ, RUNTIME_DIRECTORY=str(runtime))
-        agent = LevelAgent(chan_dir, inst, INTERVAL, checks={"db": "ok"})
-        try:
-            relay.start()
-            wait_for("armed", lambda: armed_and_stored(relay, inst), 20)
-            fs.error_ro()
-            agent.fail("db", "db exited 1")
-            snap = wait_for("sent straight to masakari",
-                            lambda: (s := relay.status()) and s["store"]["sent_directly"]
-                            and s, 20)
-            assert snap["store"]["disk_problem"]["errno_name"] == "EROFS"
-            assert proxy.posts[inst] == 1
-            relay.stop(signal.SIGTERM)  # the operator stops the relay to repair the disk
-            assert (runtime / "pending-writes.json").exists()
-            fs.repair()  # unmount, fsck, mount read-write again
-            relay.start()
-            wait_for("the pending writes committed",
-                     lambda: not (runtime / "pending-writes.json").exists(), 20)
-            wait_for("the agent reconnected", lambda: agent.connections >= 2, 20)
-            time.sleep(4 * INTERVAL + 1.5)  # it re-sends the failure; the cooldown holds
-            snap = relay.status()
-            det = snap["instances"][inst]["detector"]
-            assert det["state"] == "cooldown", det
-            assert snap["instances"][inst]["last_failure"]["state"] == "delivered"
-            assert proxy.posts[inst] == 1, relay.log()
-            assert len(masakari.notifications_for(inst)) == 1
-        finally:
-            relay.stop()
-            agent.close()
-            next(sock_dir, None)
+    with relay_on_ext4(tmp_path, runtime, masakari_host, proxy, inst) as (fs, relay, agent):
+        relay.start()
+        wait_for("armed", lambda: armed_and_stored(relay, inst), 20)
+        fs.error_ro()
+        agent.fail("db", "db exited 1")
+        snap = wait_for("sent straight to masakari",
+                        lambda: (s := relay.status()) and s["store"]["sent_directly"]
+                        and s, 20)
+        assert snap["store"]["disk_problem"]["errno_name"] == "EROFS"
+        assert proxy.posts[inst] == 1
+        relay.stop(signal.SIGTERM)  # the operator stops the relay to repair the disk
+        assert (runtime / "pending-writes.json").exists()
+        fs.repair()  # unmount, fsck, mount read-write again
+        relay.start()
+        wait_for("the pending writes committed",
+                 lambda: not (runtime / "pending-writes.json").exists(), 20)
+        wait_for("the agent reconnected", lambda: agent.connections >= 2, 20)
+        time.sleep(4 * INTERVAL + 1.5)  # it re-sends the failure; the cooldown holds
+        snap = relay.status()
+        det = snap["instances"][inst]["detector"]
+        assert det["state"] == "cooldown", det
+        assert snap["instances"][inst]["last_failure"]["state"] == "delivered"
+        assert proxy.posts[inst] == 1, relay.log()
+        assert len(masakari.notifications_for(inst)) == 1
