@@ -4,7 +4,10 @@ For each instance it listens on ``<socket_dir>/<uuid>.sock`` the way QEMU's
 virtio-serial chardev does (``server=on,wait=off``, one client at a time),
 and once the relay has connected writes a ``hello`` (heartbeat interval 1 s,
 one check) and then a ``heartbeat`` every second, at a random phase per
-instance.  Commands, one per line on stdin; answers on stdout:
+instance.  Both carry the whole state, as the current iim-agent sends them
+(interval, boot and start ids, the pause known to be none), so the relay works
+through the same level-triggered path as with real guests, not the 0.1.0
+compatibility one.  Commands, one per line on stdin; answers on stdout:
 
     fail UUID     -> "failed UUID T"  a failure frame was written at wall time T
                                       (time.time() right before the write)
@@ -33,7 +36,13 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from iim_protocol.codec import encode  # noqa: E402
-from iim_protocol.messages import Failure, Heartbeat, Hello, Recovered  # noqa: E402
+from iim_protocol.messages import (  # noqa: E402
+    PROTOCOL_VERSION,
+    Failure,
+    Heartbeat,
+    Hello,
+    Recovered,
+)
 
 CHECK = "app"
 INTERVAL = 1.0
@@ -50,6 +59,8 @@ class Guest:
         self.task: Optional[asyncio.Task] = None
         self.seq = 0
         self.state = "ok"
+        self.boot_id = self.uuid[:8]
+        self.start_id = uuid.uuid4().hex[:8]
 
     async def listen(self) -> None:
         self.server = await asyncio.start_unix_server(self._client, path=str(self.path),
@@ -60,8 +71,9 @@ class Guest:
             writer.close()
             return
         self.writer = writer
-        hello = Hello(protocol_version=1, agent_version="guestsim", boot_id=self.uuid[:8],
-                      heartbeat_interval=INTERVAL, checks=(CHECK,))
+        hello = Hello(protocol_version=PROTOCOL_VERSION, agent_version="guestsim",
+                      boot_id=self.boot_id, heartbeat_interval=INTERVAL, checks=(CHECK,),
+                      start_id=self.start_id, pause=None, pause_known=True)
         self._write(encode(hello))
         self.task = asyncio.ensure_future(self._heartbeats())
         try:
@@ -80,7 +92,9 @@ class Guest:
             await asyncio.sleep(max(0.0, due - loop.time()))
             self.sim.max_lag = max(self.sim.max_lag, loop.time() - due)
             self.seq += 1
-            self._write(encode(Heartbeat(seq=self.seq, checks=((CHECK, self.state),))))
+            self._write(encode(Heartbeat(
+                seq=self.seq, checks=((CHECK, self.state),), interval=INTERVAL,
+                boot_id=self.boot_id, start_id=self.start_id, pause=None, pause_known=True)))
             self.sim.heartbeats += 1
             due += INTERVAL
 

@@ -98,6 +98,12 @@ def frames_ok(snapshot: dict) -> int:
                for inst in snapshot.get("instances", {}).values())
 
 
+def whole_state(snapshot: dict, uuids: set[str]) -> int:
+    """Instances whose last heartbeat carried the whole state (a start id: protocol 0.2)."""
+    return sum(1 for u, inst in snapshot.get("instances", {}).items()
+               if u in uuids and ((inst.get("detector") or {}).get("start_id")))
+
+
 def wait_armed(relay: rc.RelayProcess, want: set[str], timeout: float,
                step: float) -> set[str]:
     deadline = time.monotonic() + timeout
@@ -156,6 +162,7 @@ def run_pass(args: argparse.Namespace, server: Any, workdir: Path, instances: in
             sim_hb_rate=(sim1["heartbeats"] - sim0["heartbeats"]) / (tsim1 - tsim0),
             sim_lag_ms=sim1["max_lag_ms"],
             armed_after=len(relay.armed(snap1) & set(sim.uuids)),
+            whole_state=whole_state(snap1, set(sim.uuids)),
         )
         # Frames the relay decoded per second (between the two status calls) vs. sent.
         decoded_rate = (frames_ok(snap1) - frames_ok(snap0)) / (ts1 - ts0)
@@ -227,6 +234,8 @@ def figures(res: dict[str, Any], cpu_target: bool) -> list[tuple]:
         ("heartbeats decoded / sent", res.get("frames_ratio", nan), ".3f", "", None),
         ("still armed after the window", float(res.get("armed_after", 0)), ".0f", str(n),
          res.get("armed_after") == n),
+        ("sending the whole state (0.2)", float(res.get("whole_state", 0)), ".0f", str(n),
+         res.get("whole_state") == n),
         ("simulator CPU (% of one core)", res.get("sim_cpu_pct", nan), ".1f", "", None),
         ("simulator max timer lag (ms)", res.get("sim_lag_ms", nan), ".1f", "", None),
         ("false hang notifications", float(res.get("hangs", 0)), ".0f", "0",

@@ -82,6 +82,8 @@ def test_scale_bench_prints_its_figures_for_both_runs():
     for got, n, seconds in ((many, INSTANCES, 3), (one, 1, 2)):
         assert got["instances armed"] == n, stdout
         assert got["still armed after the window"] == n, stdout
+        # Measured on the current protocol's level-triggered path, as real agents send it.
+        assert got["sending the whole state (0.2)"] == n, stdout
         assert seconds <= got["window (s)"] < seconds + 1, stdout
         # utime + stime in clock ticks: a few ms of work in the window may read as 0.
         assert 0 <= got["relay CPU (% of one core)"] < 100, stdout
