@@ -85,6 +85,10 @@ def test_the_new_agent_speaks_010_to_a_010_relay(
     cfg = config(tmp_path, host.link, sock_path, "iimtest-compat")
     agent = agent_factory(cfg)
     stream = record(host, 0.8)
+    deadline = time.monotonic() + 10  # a loaded machine may start the agent slower
+    while not os.path.exists(sock_path):
+        assert time.monotonic() < deadline, "the agent's control socket never appeared"
+        stream += record(host, 0.1)
     assert cli("pause", "-c", str(cfg), "--for", "10m", "--reason", "upgrade").returncode == 0
     stream += record(host, 0.3)
     targets.kill(child)  # the process stops inside the maintenance

@@ -220,7 +220,11 @@ def test_status_without_agent(tmp_path, sock_path):
 
 def test_missing_port_then_it_appears(tmp_path, host, agent_factory, sock_path):
     agent, _ = start(tmp_path, host, agent_factory, sock_path, open_port=False)
-    time.sleep(1.0)
+    deadline = time.monotonic() + 10  # the port must be missing when the agent looks
+    while "does not exist yet" not in agent.log():
+        assert agent.proc.poll() is None and time.monotonic() < deadline, agent.log()
+        time.sleep(0.05)
+    time.sleep(0.5)  # a few retries, which must not be logged again
     assert agent.proc.poll() is None
     host.open()
     got = host.read_until(lambda ms: "heartbeat" in types(ms), timeout=8.0)

@@ -46,9 +46,10 @@ def exec_check(name, argv, **kw):
 @pytest.mark.skipif(os.geteuid() != 0, reason="dropping to another user needs root")
 def test_exec_runs_as_its_user(probes, tmp_path):
     probes.reconfigure([
+        # Three processes and a user switch each: a busy machine may take over 0.2 s.
         exec_check("nobody", ["/bin/sh", "-c", 'test "$(id -u)" = "$(id -u nobody)"'],
-                   user="nobody"),
-        exec_check("root", ["/bin/sh", "-c", 'test "$(id -u)" = 0']),
+                   user="nobody", timeout=2.0, period=3.0),
+        exec_check("root", ["/bin/sh", "-c", 'test "$(id -u)" = 0'], timeout=2.0, period=3.0),
         exec_check("ghost", ["/bin/true"], user="no-such-user-iim"),
     ], str(tmp_path / "n.sock"))
     t = probes.trackers
@@ -61,7 +62,7 @@ def test_exec_runs_as_its_user(probes, tmp_path):
 def test_missing_program_and_signals(probes, tmp_path):
     probes.reconfigure([
         exec_check("missing", ["/nonexistent/probe"]),
-        exec_check("killed", ["/bin/sh", "-c", "kill -TERM $$"]),
+        exec_check("killed", ["/bin/sh", "-c", "kill -TERM $$"], timeout=2.0, period=3.0),
     ], str(tmp_path / "n.sock"))
     t = probes.trackers
     run(probes, probes.reactor, lambda: all(x.state == FAILED for x in t.values()))
