@@ -23,7 +23,10 @@ a flood that just started, a host-wide balance holds back every channel
 that used more than a trickle in the current window.  A channel within its
 trickle (``TRICKLE`` CPU s per window, many heartbeats' worth) is never held
 back, however many instances share the host: only what a channel uses beyond
-it draws on the budget.
+it draws on the budget.  No wait is longer than a window when it comes from
+the host-wide balance or from a channel that was within its trickle in the
+last window: a one-off spike charged to an honest channel (a garbage
+collection that ran while it was read) is not slept off at a 2,000-way share.
 """
 
 from __future__ import annotations
@@ -66,6 +69,7 @@ class CpuAccount:
         self.waited = False  # had to wait this window
         self.cpu_total = 0.0  # CPU seconds charged since the account was opened
         self.waits = 0  # times it had to stop reading
+        self.light_before = True  # within its trickle in the last window (new: yes)
 
     def _refill(self, now: float) -> float:
         rate = self._budget.rollover(now)
@@ -80,16 +84,29 @@ class CpuAccount:
             # An honest agent's heartbeats never cost this much: however many
             # instances share the host, a quiet channel is never held back.
             return 0.0
+        window = self._budget.window
         if self.balance <= 0:
             wait = -self.balance / rate
         else:
             # Shares lag one window behind (a flood that just started): the
-            # host-wide balance then holds back every channel past its trickle.
-            wait = self._budget.overdrawn(now)
+            # host-wide balance then holds back every channel past its trickle,
+            # for at most that window: then the shares say who pays.
+            wait = min(self._budget.overdrawn(now), window)
             if wait <= 0:
                 return 0.0
         self.waited = True
         self.waits += 1
+        if self.light_before:
+            # A channel that stayed within its trickle in the last window (or is
+            # new) went over it at once: a one-off spike charged to an honest
+            # channel (a garbage collection that ran while it was read, its
+            # first hello's logging), or the first chunk of a flood.  Paying that
+            # off at a 2,000-way fair share can take minutes (0.25 of a core /
+            # 2,000 channels: 8 ms of debt is 64 s), a silence that would report
+            # a healthy guest hung (seen once in 5 runs of relay_scale).  So it
+            # waits at most a window; its trickle is then renewed.  A flooder's
+            # next window is not light, and it waits its debt off as before.
+            wait = min(wait, window)
         return wait + 1e-3
 
     def charge(self, cpu: float, now: float) -> None:
@@ -185,6 +202,7 @@ class DecodeBudget:
                 heavy += 1
             elif acc.used > 0:
                 light.append(acc.used / span)
+            acc.light_before = acc.used <= TRICKLE
             acc.used = 0.0
             acc.waited = False
         if self._loop_cpu is not None:

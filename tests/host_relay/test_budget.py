@@ -125,3 +125,61 @@ def test_loop_cpu_beyond_what_was_charged_shrinks_the_budget():
     a.charge(0.01, 1.5)
     budget.rollover(2.0)
     assert budget.overhead == 1.0
+
+
+
+
+def test_an_honest_channel_is_never_held_for_more_than_a_window():
+    """2,000 channels: 1,999 arm at once over their trickles and overdraw the host; the
+    fair share is then 2,000-way, and the last one is charged a 20 ms spike.
+
+    Paid off at those rates, the host's debt takes 30 s and the spike 160 s: as a
+    sleep, a silence long enough to report a healthy guest hung.
+    """
+    budget = DecodeBudget(0.25, now=0.0)
+    accs = [budget.account(0.0) for _ in range(2000)]
+    unlucky, others = accs[0], accs[1:]
+    t = 0.0
+    for acc in others:  # a first read of 4 ms each (hello, arming, logging)
+        acc.charge(0.004, t)
+    unlucky.charge(0.00005, t)
+    waits = [acc.wait(t) for acc in others]
+    assert max(waits) <= budget.window + 0.002, max(waits)
+    t += max(waits)
+    for acc in others:  # a new window: the trickles are back, heartbeats are read
+        assert acc.wait(t) == 0.0
+        acc.charge(0.00005, t)
+    assert budget.rate < 0.25 / 1000  # the 1,999 that waited share the budget
+    unlucky.charge(0.02, t)  # a garbage collection while its heartbeat was decoded
+    wait = unlucky.wait(t)
+    assert 0 < wait <= budget.window + 0.002, wait
+    assert unlucky.balance < -0.01  # still owed: it is only not slept off at once
+    t += wait
+    others[0].charge(0.00005, t)  # anyone's read rolls the window over
+    assert unlucky.wait(t) == 0.0
+
+
+def test_flooders_among_2000_channels_wait_their_debts_off():
+    """The one-window bound is for a light channel's first spike: 60 flooders of 10 ms
+    chunks beside 1,940 honest channels still get no more than the budget."""
+    budget = DecodeBudget(0.25, now=0.0)
+    flooders = [budget.account(0.0) for _ in range(60)]
+    quiet = [budget.account(0.0) for _ in range(1940)]
+    next_read = [0.0] * 60
+    t, step, end = 0.0, 0.005, 12.0
+    while t < end:
+        if abs(t - round(t)) < step / 2:
+            for acc in quiet:
+                assert acc.wait(t) == 0.0
+                acc.charge(0.00005, t)
+        for i, acc in enumerate(flooders):
+            if t >= next_read[i]:
+                wait = acc.wait(t)
+                if wait > 0:
+                    next_read[i] = t + wait
+                else:
+                    acc.charge(0.01, t)
+        t += step
+    spent = sum(a.cpu_total for a in flooders)
+    # The first window is free for all (each may be a one-off); then the budget holds.
+    assert (spent - 60 * 0.01) / (end - 1.0) <= 0.25 * 1.15, spent
