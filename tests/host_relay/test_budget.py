@@ -7,6 +7,17 @@ import pytest
 from host_relay.budget import BURST, TRICKLE, DecodeBudget, fair_rate
 
 
+def read_floods(flooders, next_read: list[float], t: float, chunk_cost: float) -> None:
+    """Each flooder whose wait is over reads a chunk, or is told how long to wait."""
+    for i, acc in enumerate(flooders):
+        if t >= next_read[i]:
+            wait = acc.wait(t)
+            if wait > 0:
+                next_read[i] = t + wait
+            else:
+                acc.charge(chunk_cost, t)
+
+
 def test_fair_rate_gives_light_channels_what_they_used_and_splits_the_rest():
     # 0.25 of a core: one quiet channel used 0.001, two flooders want more.
     assert fair_rate([0.001], 2, 0.25) == pytest.approx((0.25 - 0.001) / 2)
@@ -40,13 +51,7 @@ def test_flooders_share_the_budget_and_a_quiet_channel_keeps_its_need():
     quiet_waits = 0
     t, step = 0.0, 0.001
     while t < 20.0:
-        for i, acc in enumerate(flooders):
-            if t >= next_read[i]:
-                wait = acc.wait(t)
-                if wait > 0:
-                    next_read[i] = t + wait
-                else:
-                    acc.charge(chunk_cost, t)
+        read_floods(flooders, next_read, t, chunk_cost)
         if abs(t - round(t)) < step / 2:  # one heartbeat a second
             quiet_waits += quiet.wait(t) > 0
             quiet.charge(0.0001, t)
@@ -172,13 +177,7 @@ def test_flooders_among_2000_channels_wait_their_debts_off():
             for acc in quiet:
                 assert acc.wait(t) == 0.0
                 acc.charge(0.00005, t)
-        for i, acc in enumerate(flooders):
-            if t >= next_read[i]:
-                wait = acc.wait(t)
-                if wait > 0:
-                    next_read[i] = t + wait
-                else:
-                    acc.charge(0.01, t)
+        read_floods(flooders, next_read, t, 0.01)
         t += step
     spent = sum(a.cpu_total for a in flooders)
     # The first window is free for all (each may be a one-off); then the budget holds.
