@@ -166,9 +166,12 @@ def test_killed_process_in_a_real_guest_reaches_masakari_through_the_hot_plugged
                    and (entry().get("channel") or {}).get("state") == "connected",
                    HOTPLUG_TIMEOUT, console, relay)
         hotplugged = time.time()
-        armed = wait_until("the agent's hello arms the detector",
+        # The hello arms the detector; the heartbeat right behind it says the checks.
+        # Through virtio-serial the two may come in two reads, and a status taken
+        # between them shows the instance armed with no checks yet.
+        armed = wait_until("the agent's hello arms the detector and a heartbeat follows",
                            lambda: (e := entry()).get("detector", {}).get("state") == "armed"
-                           and e, BOOT_TIMEOUT, console, relay)
+                           and e["detector"].get("checks") and e, BOOT_TIMEOUT, console, relay)
         armed_at = time.time()
         assert "kill" not in console.seen, "the guest killed its process before the relay armed"
         reported = armed["detector"]  # guest-reported fields: informational only
